@@ -1,0 +1,161 @@
+"""The storage contract: bytes in, bytes out, under ``/``-separated keys relative to a backend root.
+
+A backend knows nothing of steps or tensors. It must be honest: ``Capabilities`` says what it truly
+enforces, and a write mode it cannot enforce raises ``Unsupported`` instead of silently overwriting.
+
+Rules every backend follows (``ckptstore.testing.StorageContract`` checks them):
+
+1. A missing key raises ``NotFound`` from ``get``, ``read_into`` and ``head``; ``delete`` of a missing
+   key is a no-op (deletes are idempotent, so an interrupted prune can simply be repeated).
+2. ``put(mode="create")`` raises ``AlreadyExists`` when the key exists; ``put(mode=Version(v))`` raises
+   ``PreconditionFailed`` unless the key's current version is ``v``. Both are atomic with respect to
+   concurrent writers when ``capabilities`` says so; otherwise they raise ``Unsupported``.
+3. A reader sees either the whole old object or the whole new one, never a torn write.
+4. Every native error (``OSError``, botocore, gcsfs ...) is translated at the backend boundary into
+   ``ckptstore.errors``; messages name the URL and the operation and never contain credentials.
+5. ``list(prefix)`` returns every key under the prefix, recursively, in no particular order.
+
+Parallelism lives above this layer (``ckptstore.transfer`` runs calls from a thread pool), so every
+method must be safe to call from several threads at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal, Protocol, Union, runtime_checkable
+
+from ckptstore.errors import NotFound
+
+Buffer = Union[bytes, bytearray, memoryview]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend truly enforces, not what it would like to.
+
+    Attributes:
+        conditional_create: ``put(mode="create")`` is atomic against concurrent writers.
+        compare_and_swap: ``put(mode=Version(...))`` is atomic against concurrent writers.
+        ranged_get: ``get(start=, end=)`` fetches only the requested bytes.
+        durable: committed objects survive the writing process (false for ``memory://``).
+    """
+
+    conditional_create: bool
+    compare_and_swap: bool
+    ranged_get: bool
+    durable: bool
+
+
+@dataclass(frozen=True)
+class Version:
+    """An opaque object version (ETag, generation, inode+mtime) for compare-and-swap writes."""
+
+    token: str
+
+
+PutMode = Union[Literal["overwrite", "create"], Version]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What ``head``/``list``/``put`` report about one stored object."""
+
+    key: str
+    size: int
+    version: Version | None = None
+    mtime: float | None = None  # seconds since the epoch, by the storage's clock
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """A key-value byte store rooted at ``url``."""
+
+    url: str
+    capabilities: Capabilities
+
+    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        """Return bytes ``[start, end)`` of ``key`` (the whole object by default)."""
+        ...
+
+    def read_into(self, key: str, offset: int, out: memoryview) -> None:
+        """Fill ``out`` with ``len(out)`` bytes of ``key`` starting at ``offset``.
+
+        A short object raises ``StorageError``; this is the zero-copy path restores use.
+        """
+        ...
+
+    def put(self, key: str, data: Buffer | Iterable[Buffer], mode: PutMode = "overwrite") -> ObjectInfo:
+        """Store ``data`` (one buffer, or an iterable of buffers consumed once, in order) under ``key``."""
+        ...
+
+    def head(self, key: str) -> ObjectInfo:
+        """Describe ``key`` without reading it."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; a missing key is not an error."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and threads. The backend is unusable afterwards."""
+        ...
+
+
+class StorageBase:
+    """Optional base class with generic fallbacks for the convenience parts of the contract."""
+
+    url: str
+    capabilities: Capabilities
+
+    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        raise NotImplementedError
+
+    def read_into(self, key: str, offset: int, out: memoryview) -> None:
+        data = self.get(key, offset, offset + len(out))
+        if len(data) != len(out):
+            from ckptstore.errors import StorageError
+
+            raise StorageError(
+                f"{self.url}/{key}: expected {len(out)} bytes at offset {offset}, object has {len(data)}"
+            )
+        out[:] = data
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+
+def join_buffers(data: Buffer | Iterable[Buffer]) -> bytes | memoryview:
+    """One contiguous buffer for backends whose client needs one (copies only when given several)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return data
+    return b"".join(data)
+
+
+def as_bytes_view(buf: Buffer) -> memoryview:
+    """A flat unsigned-byte view of any C-contiguous buffer."""
+    mv = memoryview(buf)
+    return mv if mv.format == "B" and mv.ndim == 1 else mv.cast("B")
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape the backend root (``..``, absolute, backslash, NUL, empty parts)."""
+    if not key or key.startswith("/") or "\\" in key or "\x00" in key:
+        raise ValueError(f"invalid storage key {key!r}")
+    for part in key.split("/"):
+        if part in ("", ".", ".."):
+            raise ValueError(f"invalid storage key {key!r}")
+    return key

@@ -1,0 +1,234 @@
+"""Local-disk backend: durable, atomic writes on a POSIX filesystem.
+
+Why: a checkpoint is only as safe as its slowest-to-reach-disk byte. Every put writes a temporary file
+in the destination directory, fsyncs it, then publishes it in one step — ``os.replace`` for overwrite
+and compare-and-swap, ``os.link`` for create-only (``link`` fails if the name exists, so exactly one of
+several racing creators wins with a complete file) — and fsyncs the directory so the new name survives
+a power cut. Compare-and-swap serialises writers of one key through an ``flock`` on a sidecar lock file
+in a hidden ``.locks`` directory; the version token is inode + mtime + size, which changes on every
+publish because every publish is a new inode.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ckptstore.errors import AlreadyExists, NotFound, PreconditionFailed, StorageError
+from ckptstore.storage.interface import (
+    Buffer,
+    Capabilities,
+    ObjectInfo,
+    PutMode,
+    StorageBase,
+    Version,
+    as_bytes_view,
+    check_key,
+)
+
+_TMP_PREFIX = ".tmp-"
+_LOCK_DIR = ".locks"
+
+
+def _version(st: os.stat_result) -> Version:
+    return Version(f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}")
+
+
+class LocalStorage(StorageBase):
+    """Files under a root directory; keys map to relative paths."""
+
+    capabilities = Capabilities(conditional_create=True, compare_and_swap=True, ranged_get=True, durable=True)
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True):
+        self.root = Path(root).expanduser().absolute()
+        self.url = f"file://{self.root}"
+        self.fsync = fsync
+        if self.root.exists() and not self.root.is_dir():
+            raise StorageError(f"{self.root}: model_dir exists and is not a directory")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise self._error("create directory", "", e) from e
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def _error(self, op: str, key: str, e: OSError) -> Exception:
+        where = f"{self.root}/{key}" if key else str(self.root)
+        if isinstance(e, FileNotFoundError):
+            return NotFound(f"{where}: not found ({op})")
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        hint = ""
+        if e.errno == errno.ENOSPC:
+            hint = " — the disk is full; earlier checkpoints are untouched"
+        elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            hint = " — the model_dir is not writable"
+        return StorageError(f"{where}: {op} failed: {reason}{hint}")
+
+    def _fsync_dir(self, path: Path) -> None:
+        if not self.fsync:
+            return
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _write_temp(self, path: Path, data: Buffer | Iterable[Buffer]) -> Path:
+        """Write ``data`` to a fresh temp file beside ``path``, fsync it, return its path."""
+        tmp = path.parent / f"{_TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:12]}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            pieces = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
+            for piece in pieces:
+                mv = as_bytes_view(piece)
+                while len(mv):
+                    n = os.write(fd, mv)
+                    mv = mv[n:]
+            if self.fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return tmp
+
+    @contextmanager
+    def _key_lock(self, key: str):
+        lock_path = self.root / _LOCK_DIR / (key.replace("/", "%") + ".lock")
+        lock_path.parent.mkdir(exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    # -- contract ------------------------------------------------------------------------------
+    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                if start:
+                    f.seek(start)
+                return f.read() if end is None else f.read(max(0, end - (start or 0)))
+        except IsADirectoryError:
+            raise NotFound(f"{path}: not found (get; it is a directory)") from None
+        except OSError as e:
+            raise self._error("get", key, e) from e
+
+    def read_into(self, key: str, offset: int, out: memoryview) -> None:
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise self._error("read", key, e) from e
+        try:
+            view = as_bytes_view(out)
+            done = 0
+            while done < len(view):
+                n = os.preadv(fd, [view[done:]], offset + done)
+                if n == 0:
+                    raise StorageError(
+                        f"{path}: object ends at {offset + done} bytes, {len(view) - done} more expected"
+                    )
+                done += n
+        except OSError as e:
+            raise self._error("read", key, e) from e
+        finally:
+            os.close(fd)
+
+    def put(self, key: str, data: Buffer | Iterable[Buffer], mode: PutMode = "overwrite") -> ObjectInfo:
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._write_temp(path, data)
+        except NotADirectoryError as e:
+            raise StorageError(f"{path}: a parent of this key is a file") from e
+        except OSError as e:
+            raise self._error("put", key, e) from e
+        try:
+            if mode == "create":
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise AlreadyExists(f"{path}: already exists (create-only put)") from None
+            elif mode == "overwrite":
+                os.replace(tmp, path)
+            elif isinstance(mode, Version):
+                with self._key_lock(key):
+                    try:
+                        current = _version(os.stat(path))
+                    except FileNotFoundError:
+                        current = None
+                    if current != mode:
+                        raise PreconditionFailed(f"{path}: changed since version {mode.token} was read")
+                    os.replace(tmp, path)
+            else:
+                raise ValueError(f"invalid put mode {mode!r}")
+            self._fsync_dir(path.parent)
+            st = os.stat(path)
+        except (AlreadyExists, PreconditionFailed):
+            raise
+        except OSError as e:
+            raise self._error("put", key, e) from e
+        finally:
+            tmp.unlink(missing_ok=True)
+        return ObjectInfo(key, st.st_size, _version(st), st.st_mtime)
+
+    def head(self, key: str) -> ObjectInfo:
+        path = self._path(key)
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise self._error("head", key, e) from e
+        if not os.path.isfile(path):
+            raise NotFound(f"{path}: not found (head; it is a directory)")
+        return ObjectInfo(key, st.st_size, _version(st), st.st_mtime)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise self._error("delete", key, e) from e
+        # Remove directories left empty, up to the root, so pruned steps leave no litter.
+        parent = path.parent
+        while parent != self.root:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        base = self.root
+        for dirpath, dirnames, filenames in os.walk(base):
+            rel_dir = os.path.relpath(dirpath, base)
+            rel_dir = "" if rel_dir == "." else rel_dir + "/"
+            dirnames[:] = [d for d in dirnames if d != _LOCK_DIR and (rel_dir + d).startswith(prefix[: len(rel_dir + d)])]
+            for name in filenames:
+                key = rel_dir + name
+                # Temp files of interrupted puts are listed too, so garbage collection can find them.
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, name))
+                except FileNotFoundError:
+                    continue  # deleted while listing
+                yield ObjectInfo(key, st.st_size, _version(st), st.st_mtime)
+
+
+def open_url(url: str, **storage_options) -> LocalStorage:
+    """Factory for ``file://`` URLs and plain paths."""
+    path = url[len("file://"):] if url.startswith("file://") else url
+    return LocalStorage(path, **storage_options)

@@ -1,0 +1,66 @@
+"""The storage contract suite against the built-in local, memory and generic-fsspec backends."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from ckptstore.errors import PluginError, StorageError
+from ckptstore.storage import open_storage
+from ckptstore.storage.fsspec import FsspecStorage
+from ckptstore.storage.local import LocalStorage
+from ckptstore.storage.memory import MemoryStorage
+from ckptstore.testing import StorageContract
+
+
+class TestLocal(StorageContract):
+    @pytest.fixture
+    def storage(self, tmp_path):
+        with LocalStorage(tmp_path / "root") as s:
+            yield s
+
+
+class TestMemory(StorageContract):
+    @pytest.fixture
+    def storage(self):
+        with MemoryStorage(uuid.uuid4().hex) as s:
+            yield s
+
+
+class TestGenericFsspec(StorageContract):
+    """fsspec's own local filesystem through the generic backend (no conditional writes)."""
+
+    @pytest.fixture
+    def storage(self, tmp_path):
+        root = tmp_path / "fs"
+        root.mkdir()
+        with FsspecStorage(f"local://{root}") as s:
+            yield s
+
+
+def test_registry_resolves_schemes(tmp_path):
+    assert isinstance(open_storage(str(tmp_path)), LocalStorage)
+    assert isinstance(open_storage(f"file://{tmp_path}"), LocalStorage)
+    assert isinstance(open_storage("memory://reg"), MemoryStorage)
+    assert isinstance(open_storage(f"local://{tmp_path}"), FsspecStorage)
+
+
+def test_unknown_scheme_names_the_choices():
+    with pytest.raises(PluginError, match="no storage backend for nosuch://") as e:
+        open_storage("nosuch://x/y")
+    assert "s3" in str(e.value) and isinstance(e.value, LookupError)
+
+
+def test_local_root_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(StorageError, match="not a directory"):
+        LocalStorage(f)
+
+
+def test_local_temp_files_of_interrupted_puts_are_listed(tmp_path):
+    s = LocalStorage(tmp_path)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / ".tmp-x.123").write_bytes(b"partial")
+    assert [o.key for o in s.list()] == ["d/.tmp-x.123"]
