@@ -23,11 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal, Protocol, Union, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
-from ckptstore.errors import NotFound
-
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,7 @@ class Version:
     token: str
 
 
-PutMode = Union[Literal["overwrite", "create"], Version]
+PutMode = Literal["overwrite", "create"] | Version
 
 
 @dataclass(frozen=True)
@@ -73,6 +71,7 @@ class Storage(Protocol):
 
     url: str
     capabilities: Capabilities
+    io_workers: int  # how many calls are worth running at once (threads in ckptstore.transfer)
 
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         """Return bytes ``[start, end)`` of ``key`` (the whole object by default)."""
@@ -111,6 +110,7 @@ class StorageBase:
 
     url: str
     capabilities: Capabilities
+    io_workers: int = 8  # remote stores hide latency behind concurrency
 
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         raise NotImplementedError

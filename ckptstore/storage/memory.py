@@ -39,6 +39,7 @@ class MemoryStorage(StorageBase):
     """Objects held in a dict; versions are a per-bucket counter."""
 
     capabilities = Capabilities(conditional_create=True, compare_and_swap=True, ranged_get=True, durable=False)
+    io_workers = 2
 
     def __init__(self, name: str = ""):
         self.url = f"memory://{name}"

@@ -1,0 +1,504 @@
+"""CheckpointStore: the public API, and the only module that wires storage, format, transfer and commit.
+
+A store is bound to one model_dir (a path or any backend URL). ``save`` flattens a state mapping, streams
+the tensors into shards, commits the manifest and advances LATEST (see ``ckptstore.commit`` for the
+protocol); ``restore`` reads a committed checkpoint back, checking it against a template first when
+given one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from ckptstore import commit
+from ckptstore.errors import CheckpointMismatch, CommitError, FormatError, NotFound, TensorMismatch
+from ckptstore.format import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_SHARD_SIZE,
+    Latest,
+    Manifest,
+    TensorEntry,
+    check_tensor_name,
+    dtype_name,
+    manifest_key,
+    pack,
+    plan_layout,
+    step_dir,
+)
+from ckptstore.storage.interface import Storage
+from ckptstore.storage.registry import open_storage, split_scheme
+from ckptstore.transfer import check_shards, prepare_array, read_tensors, write_shards
+
+log = logging.getLogger("ckptstore")
+
+__version__ = "0.1.0"
+
+Scalar = bool | int | float | str
+_SCALAR_TYPES = (bool, int, float, str)
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A committed checkpoint, as ``save``, ``latest`` and ``list`` report it.
+
+    Attributes:
+        step: the training step it was saved at.
+        time: when it was created (seconds since the epoch, by the saving machine's clock).
+        nbytes: bytes of tensor data in its shards (padding included).
+        metadata: the user metadata map saved with it.
+        num_tensors: tensors and scalars it holds.
+        seconds: wall time the ``save`` took (``None`` when the info was read back from storage).
+    """
+
+    step: int
+    time: float
+    nbytes: int
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    num_tensors: int = 0
+    seconds: float | None = None
+
+    @classmethod
+    def from_latest(cls, p: Latest) -> CheckpointInfo:
+        return cls(p.step, p.created, p.nbytes, dict(p.metadata), p.num_tensors)
+
+    @classmethod
+    def from_manifest(cls, m: Manifest) -> CheckpointInfo:
+        return cls(m.step, m.created, m.nbytes, dict(m.metadata), len(m.tensors) + len(m.scalars))
+
+
+# ---------------------------------------------------------------------------------------------
+# State flattening
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_arraylike(value: Any) -> bool:
+    return isinstance(value, (np.ndarray, np.generic)) or hasattr(value, "__array__") or hasattr(
+        value, "__array_interface__"
+    )
+
+
+def flatten_state(state: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Scalar]]:
+    """Split a (possibly nested) state mapping into ``/``-joined arrays and Python scalars.
+
+    Raises:
+        TypeError: a key is not a string, or a value is neither an array nor a bool/int/float/str.
+        ValueError: a name is empty or unsafe, or two entries flatten to the same name.
+    """
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state must be a mapping of names to arrays, got {type(state).__name__}")
+    arrays: dict[str, np.ndarray] = {}
+    scalars: dict[str, Scalar] = {}
+
+    def visit(prefix: str, mapping: Mapping[Any, Any]) -> None:
+        for key, value in mapping.items():
+            if not isinstance(key, str):
+                raise TypeError(f"state key {key!r} under {prefix or 'the top level'!r} is not a string")
+            name = f"{prefix}/{key}" if prefix else key
+            try:
+                check_tensor_name(name)
+            except FormatError as e:
+                raise ValueError(str(e)) from None
+            if name in arrays or name in scalars:
+                raise ValueError(f"two state entries flatten to the same name {name!r}")
+            if isinstance(value, Mapping):
+                visit(name, value)
+            elif isinstance(value, _SCALAR_TYPES):
+                scalars[name] = value
+            elif _is_arraylike(value):
+                arr = np.asarray(value)
+                if arr.dtype.kind in "OUSV" and not _is_low_precision(arr.dtype):
+                    raise TypeError(f"state[{name!r}] has dtype {arr.dtype}, which cannot be stored")
+                arrays[name] = arr
+            else:
+                raise TypeError(
+                    f"state[{name!r}] is a {type(value).__name__}; values must be arrays, nested mappings "
+                    "or bool/int/float/str scalars"
+                )
+            if name in arrays and any(n.startswith(name + "/") for n in list(arrays) + list(scalars)):
+                raise ValueError(f"two state entries flatten to the same name {name!r}")
+
+    visit("", state)
+    return arrays, scalars
+
+
+def _is_low_precision(dtype: np.dtype) -> bool:
+    try:
+        dtype_name(dtype)
+    except TypeError:
+        return False
+    return True
+
+
+def _spec(value: Any) -> tuple[str, str]:
+    """(shape, dtype) descriptions of a template entry, for comparison and error messages."""
+    if isinstance(value, _SCALAR_TYPES):
+        return "scalar", type(value).__name__
+    shape = "[" + ", ".join(str(int(d)) for d in value.shape) + "]"
+    raw = getattr(value.dtype, "as_numpy_dtype", value.dtype)  # tf.DType knows its numpy dtype
+    try:
+        dtype = dtype_name(np.dtype(raw))
+    except TypeError:
+        dtype = str(raw)
+    return shape, dtype
+
+
+def _entry_spec(entry: TensorEntry | Scalar) -> tuple[str, str]:
+    if isinstance(entry, TensorEntry):
+        return "[" + ", ".join(map(str, entry.shape)) + "]", entry.dtype
+    return "scalar", type(entry).__name__
+
+
+def compare(manifest: Manifest, template: Mapping[str, Any], names: Iterable[str] | None, where: str) -> list[TensorMismatch]:
+    """Every difference between a checkpoint and a template, in template order then checkpoint order."""
+    arrays, scalars = flatten_template(template)
+    wanted = dict(arrays) | dict(scalars)
+    stored: dict[str, TensorEntry | Scalar] = dict(manifest.tensors) | dict(manifest.scalars)
+    if names is not None:
+        selected = set(names)
+        wanted = {n: v for n, v in wanted.items() if n in selected}
+        stored = {n: v for n, v in stored.items() if n in selected}
+    out = []
+    for name, value in wanted.items():
+        model_shape, model_dtype = _spec(value)
+        if name not in stored:
+            out.append(TensorMismatch(name, "missing", None, f"{model_shape} {model_dtype}"))
+            continue
+        ckpt_shape, ckpt_dtype = _entry_spec(stored[name])
+        if ckpt_shape != model_shape:
+            out.append(TensorMismatch(name, "shape", ckpt_shape, model_shape))
+        elif ckpt_dtype != model_dtype:
+            out.append(TensorMismatch(name, "dtype", ckpt_dtype, model_dtype))
+    for name, entry in stored.items():
+        if name not in wanted:
+            shape, dtype = _entry_spec(entry)
+            out.append(TensorMismatch(name, "unexpected", f"{shape} {dtype}", None))
+    return out
+
+
+def flatten_template(template: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Scalar]]:
+    """Like ``flatten_state`` but keeps array-likes as they are (only ``.shape``/``.dtype`` are used)."""
+    arrays: dict[str, Any] = {}
+    scalars: dict[str, Scalar] = {}
+
+    def visit(prefix: str, mapping: Mapping[Any, Any]) -> None:
+        for key, value in mapping.items():
+            name = f"{prefix}/{key}" if prefix else str(key)
+            if isinstance(value, Mapping):
+                visit(name, value)
+            elif isinstance(value, _SCALAR_TYPES):
+                scalars[name] = value
+            elif hasattr(value, "shape") and hasattr(value, "dtype"):
+                arrays[name] = value
+            else:
+                raise TypeError(f"template[{name!r}] is a {type(value).__name__}, not an array-like or scalar")
+
+    visit("", template)
+    return arrays, scalars
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_step(step: Any) -> int:
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+        raise TypeError(f"step must be a non-negative integer, got {step!r}")
+    if step < 0:
+        raise ValueError(f"step must be a non-negative integer, got {step}")
+    return int(step)
+
+
+class CheckpointStore:
+    """Saves and restores checkpoints in one model_dir.
+
+    Args:
+        model_dir: a local path or a backend URL (``file://``, ``memory://``, ``s3://``, ``gs://`` or any
+            fsspec URL). ``None`` creates a fresh ``tempfile.mkdtemp()`` directory and logs where it is.
+        storage_options: passed to the backend (credentials, endpoint, ...), as fsspec users pass them.
+        storage: an already-open backend to use instead of opening ``model_dir``.
+        max_shard_size: upper bound on one shard file's size.
+        chunk_size: tensors larger than this are split into separately checksummed chunks.
+        workers: parallel storage calls; default: what the backend suggests.
+        verify: check every chunk's crc32c on restore (the default; ``restore(verify=False)`` skips it).
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str] | None = None,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        storage: Storage | None = None,
+        max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        workers: int | None = None,
+        verify: bool = True,
+    ):
+        if storage is not None:
+            self._storage = storage
+            self._model_dir = storage.url
+        else:
+            if model_dir is None:
+                model_dir = tempfile.mkdtemp(prefix="ckptstore-")
+                log.warning("Using temporary folder as model directory: %s", model_dir)
+            model_dir = os.fspath(model_dir)
+            scheme, _ = split_scheme(model_dir)
+            if scheme == "file" and "://" not in model_dir:
+                model_dir = os.path.abspath(os.path.expanduser(model_dir))
+            self._model_dir = model_dir
+            self._storage = open_storage(model_dir, **dict(storage_options or {}))
+        if chunk_size <= 0 or chunk_size % 4096:
+            raise ValueError(f"chunk_size must be a positive multiple of 4096, got {chunk_size}")
+        if max_shard_size < 4096:
+            raise ValueError(f"max_shard_size must be at least 4096 bytes, got {max_shard_size}")
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.max_shard_size = max_shard_size
+        self.chunk_size = chunk_size
+        self.workers = workers or self._storage.io_workers
+        self.verify = verify
+        self._in_use: dict[int, int] = {}
+        self._lock = threading.Lock()
+        caps = self._storage.capabilities
+        if not (caps.conditional_create and caps.compare_and_swap):
+            log.warning(
+                "%s cannot enforce conditional writes; ckptstore falls back to check-then-write, "
+                "which is safe only with one writer per model_dir",
+                self._storage.url,
+            )
+
+    # -- properties ------------------------------------------------------------------------------
+    @property
+    def model_dir(self) -> str:
+        """The path or URL this store reads and writes."""
+        return self._model_dir
+
+    @property
+    def storage(self) -> Storage:
+        return self._storage
+
+    def __repr__(self) -> str:
+        return f"CheckpointStore({self._storage.url!r})"
+
+    def close(self) -> None:
+        self._storage.close()
+
+    def __enter__(self) -> CheckpointStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _using(self, step: int) -> Iterator[None]:
+        """Marks a step as being written or restored, so this process's retention never deletes it."""
+        with self._lock:
+            self._in_use[step] = self._in_use.get(step, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_use[step] -= 1
+                if not self._in_use[step]:
+                    del self._in_use[step]
+
+    def in_use(self) -> frozenset[int]:
+        with self._lock:
+            return frozenset(self._in_use)
+
+    # -- saving ----------------------------------------------------------------------------------
+    def save(
+        self,
+        step: int,
+        state: Mapping[str, Any],
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> CheckpointInfo:
+        """Write ``state`` as the checkpoint for ``step`` and make it the latest.
+
+        Args:
+            step: the training step; a non-negative integer.
+            state: names to arrays (numpy or anything with ``__array__``), nested mappings (flattened to
+                ``/``-joined names) and bool/int/float/str scalars.
+            metadata: a small map of plain data (str keys; str/int/float/bool/None/bytes/lists/maps).
+            overwrite: replace ``step`` atomically if it is already committed, instead of failing.
+
+        Raises:
+            TypeError, ValueError: the step, state or metadata is invalid (nothing is written).
+            CommitError: the step is already committed and ``overwrite`` is false.
+            StorageError: the storage failed; earlier checkpoints are untouched.
+        """
+        started = time.perf_counter()
+        step = _check_step(step)
+        arrays, scalars = flatten_state(state)
+        if metadata is None:
+            metadata = {}
+        if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
+            raise TypeError("metadata must be a mapping with string keys")
+        # Normalise to what a restore will read back (numpy scalars -> Python, tuples -> lists), and fail
+        # on unserialisable values before anything is written.
+        metadata = msgpack.unpackb(pack(dict(metadata), "metadata"), raw=False)
+        pack(scalars, "state scalars")
+        prepared = {name: prepare_array(a) for name, a in arrays.items()}
+        names = {name: dtype_name(a.dtype) for name, a in prepared.items()}
+        storage = self._storage
+        if not overwrite:
+            try:
+                storage.head(manifest_key(step))
+            except NotFound:
+                pass
+            else:
+                raise CommitError(f"{storage.url}: step {step} is already committed; pass overwrite=True to replace it")
+
+        with self._using(step):
+            total = sum(a.nbytes for a in prepared.values())
+            plan = plan_layout(
+                [(name, a.nbytes) for name, a in prepared.items()],
+                target_shard_size=max(1, math.ceil(total / self.workers)),
+                max_shard_size=self.max_shard_size,
+                chunk_size=self.chunk_size,
+            )
+            attempt = commit.new_attempt_id()
+            prefix = step_dir(step)
+            try:
+                written = write_shards(storage, prefix, attempt, prepared, plan, self.workers)
+                manifest = Manifest(
+                    step=step,
+                    created=time.time(),
+                    library=__version__,
+                    shards=written.shard_sizes,
+                    tensors={
+                        name: TensorEntry(names[name], tuple(a.shape), written.chunks[name])
+                        for name, a in prepared.items()
+                    },
+                    scalars=scalars,
+                    metadata=metadata,
+                )
+                commit.commit_manifest(storage, manifest, overwrite=overwrite)
+            except BaseException:
+                self._discard_attempt(prefix, attempt)
+                raise
+            pointer = commit.advance_latest(storage, commit.latest_from_manifest(manifest))
+        if pointer.step > step:
+            log.warning(
+                "%s: step %d is committed, but LATEST stays at the newer step %d (it never moves backwards)",
+                storage.url, step, pointer.step,
+            )
+        info = CheckpointInfo.from_manifest(manifest)
+        seconds = time.perf_counter() - started
+        log.info(
+            "saved step %d to %s: %d bytes in %.3f s (%.1f MB/s)",
+            step, storage.url, info.nbytes, seconds, info.nbytes / max(seconds, 1e-9) / 1e6,
+        )
+        return CheckpointInfo(info.step, info.time, info.nbytes, info.metadata, info.num_tensors, seconds)
+
+    def _discard_attempt(self, prefix: str, attempt: str) -> None:
+        """Best-effort removal of a failed attempt's shards (garbage collection catches what this misses)."""
+        try:
+            for obj in list(self._storage.list(f"{prefix}/{attempt}/")):
+                self._storage.delete(obj.key)
+        except Exception as e:  # the original error matters more than a failed cleanup
+            log.debug("could not clean up %s/%s: %s", prefix, attempt, e)
+
+    # -- reading ---------------------------------------------------------------------------------
+    def latest(self) -> CheckpointInfo | None:
+        """The checkpoint LATEST names (one storage read), or None when there is none."""
+        pointer = commit.resolve_latest(self._storage)
+        return None if pointer is None else CheckpointInfo.from_latest(pointer)
+
+    def list(self) -> list[CheckpointInfo]:
+        """Every committed checkpoint, ascending by step. Damaged manifests are skipped with a warning."""
+        out = []
+        for step in commit.committed_steps(self._storage):
+            try:
+                out.append(CheckpointInfo.from_manifest(commit.read_manifest(self._storage, step)))
+            except (NotFound, FormatError) as e:
+                log.warning("skipping step %d: %s", step, e)
+        return out
+
+    def manifest(self, step: int | None = None) -> Manifest:
+        """The validated manifest of ``step`` (default: the latest checkpoint)."""
+        if step is not None:
+            return commit.read_manifest(self._storage, _check_step(step))
+        pointer = commit.resolve_latest(self._storage)
+        if pointer is None:
+            raise NotFound(f"{self._storage.url}: no committed checkpoint")
+        try:
+            return commit.read_manifest(self._storage, pointer.step)
+        except (NotFound, FormatError) as e:
+            # LATEST names a checkpoint that is gone or damaged: use the newest one that is intact.
+            log.warning("%s; falling back to the newest intact checkpoint", e)
+            for candidate in reversed(commit.committed_steps(self._storage)):
+                if candidate == pointer.step:
+                    continue
+                try:
+                    return commit.read_manifest(self._storage, candidate)
+                except (NotFound, FormatError) as e2:
+                    log.warning("skipping step %d: %s", candidate, e2)
+            raise NotFound(f"{self._storage.url}: no intact committed checkpoint") from e
+
+    def restore(
+        self,
+        step: int | None = None,
+        *,
+        names: Iterable[str] | None = None,
+        like: Mapping[str, Any] | None = None,
+        strict: bool = True,
+        verify: bool | None = None,
+    ) -> dict[str, Any]:
+        """Read a committed checkpoint back as a flat ``{name: array or scalar}`` dict.
+
+        Args:
+            step: which checkpoint; default the latest.
+            names: restore only these tensors (reads only their bytes).
+            like: a template mapping (arrays or anything with ``.shape``/``.dtype``, or scalars); every
+                name, shape and dtype is compared before any data is read.
+            strict: with ``like``, raise on any difference; when false, restore the matching subset
+                and log the rest.
+            verify: check crc32c checksums (default: the store's ``verify``).
+
+        Raises:
+            NotFound: no such checkpoint, or a requested name is not in it.
+            CheckpointMismatch: ``like`` differs from the checkpoint (lists every difference).
+            ChecksumError, FormatError: the checkpoint is damaged; nothing is returned.
+        """
+        manifest = self.manifest(step)
+        where = f"{self._storage.url}@{manifest.step}"
+        selected: list[str] = list(manifest.tensors) + list(manifest.scalars)
+        if names is not None:
+            names = list(names)
+            missing = [n for n in names if n not in manifest.tensors and n not in manifest.scalars]
+            if missing:
+                raise NotFound(f"{where}: no tensor named {', '.join(map(repr, missing))}")
+            selected = names
+        if like is not None:
+            mismatches = compare(manifest, like, names, where)
+            if mismatches and strict:
+                raise CheckpointMismatch(where, mismatches)
+            if mismatches:
+                log.warning("%s", CheckpointMismatch(where, mismatches))
+                bad = {m.name for m in mismatches}
+                selected = [n for n in selected if n not in bad]
+        entries = {n: manifest.tensors[n] for n in selected if n in manifest.tensors}
+        with self._using(manifest.step):
+            prefix = step_dir(manifest.step)
+            needed = {c.shard for e in entries.values() for c in e.chunks}
+            check_shards(self._storage, prefix, manifest, needed, self.workers)
+            arrays = read_tensors(
+                self._storage, prefix, entries,
+                verify=self.verify if verify is None else verify, workers=self.workers,
+            )
+        return {n: arrays[n] if n in arrays else manifest.scalars[n] for n in selected}

@@ -1,0 +1,91 @@
+"""Retry with exponential backoff and full jitter under a deadline, shared by the object-store backends.
+
+Why our own loop rather than the clients': botocore and gcsfs each retry on their own schedule (gcsfs
+sleeps up to 32 s between six attempts; botocore's budget is counted in attempts, not seconds), so a
+dead endpoint could hold a training job for minutes. The backends switch client retries off and call
+``retry_call``, which stops at whichever comes first: ``max_attempts`` or ``deadline`` seconds since the
+first attempt. The caller decides what is transient; everything else propagates at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+logger = logging.getLogger("ckptstore.storage")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long and how often one storage operation is retried.
+
+    Attributes:
+        deadline: seconds from the first attempt after which no new attempt starts.
+        max_attempts: attempts in total (1 = no retry).
+        base_delay: the first backoff ceiling in seconds; it doubles per attempt ("full jitter": the
+            actual sleep is uniform in ``[0, ceiling]``, which spreads out writers that failed together).
+        max_delay: the largest backoff ceiling in seconds.
+    """
+
+    deadline: float = 30.0
+    max_attempts: int = 8
+    base_delay: float = 0.1
+    max_delay: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.deadline <= 0 or self.max_attempts < 1 or self.base_delay < 0 or self.max_delay < 0:
+            raise ValueError(f"invalid retry policy {self!r}")
+
+    def delay(self, attempt: int) -> float:
+        """The sleep before retry number ``attempt`` (1-based)."""
+        ceiling = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+        return random.uniform(0.0, ceiling)
+
+
+class RetriesExhausted(Exception):
+    """The last transient error, re-raised once the policy gives up; ``attempts`` says how many ran."""
+
+    def __init__(self, last: BaseException, attempts: int, elapsed: float):
+        super().__init__(f"gave up after {attempts} attempt(s) in {elapsed:.1f}s")
+        self.last = last
+        self.attempts = attempts
+        self.elapsed = elapsed
+
+
+def retry_call(
+    fn: Callable[[], T],
+    *,
+    policy: RetryPolicy,
+    is_transient: Callable[[BaseException], bool],
+    what: str,
+) -> T:
+    """Run ``fn`` until it succeeds, raises a non-transient error, or ``policy`` is spent.
+
+    Args:
+        what: names the operation in debug logs (a URL and verb; never credentials).
+
+    Raises:
+        RetriesExhausted: the last error was transient but no attempt is left; its ``last`` is that
+            error (also chained as ``__cause__``).
+    """
+    start = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            elapsed = time.monotonic() - start
+            pause = policy.delay(attempt)
+            if attempt >= policy.max_attempts or elapsed + pause >= policy.deadline:
+                raise RetriesExhausted(e, attempt, elapsed) from e
+            logger.debug("%s: transient %s (attempt %d), retrying in %.2fs", what, type(e).__name__, attempt, pause)
+            time.sleep(pause)
