@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ckptstore.policies import SavePolicy
+from ckptstore.policies import SaveContext, SavePolicy, from_run_config
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,9 @@ class CheckpointSaverHook:
 
     Args:
         store: the ``CheckpointStore`` to write to.
-        policy: when to save (every N seconds or steps, at begin, at end); defaults to Estimator's
-            RunConfig defaults (every 600 s, at begin and at end).
+        policy: when to save (``ckptstore.policies``: every N seconds or steps, at begin, at end,
+            combined with ``any_of``); defaults to Estimator's RunConfig default: at begin, every
+            600 s, and at end.
         get_state: returns the state to save, called only when a save happens (reading device memory
             is the expensive part of a save, so it is never done speculatively).
         listeners: :class:`SaveListener` or TensorFlow ``CheckpointSaverListener`` objects. The list is
@@ -91,13 +92,14 @@ class CheckpointSaverHook:
         clock: Clock = time.monotonic,
     ) -> None:
         self.store = store
-        self.policy = policy if policy is not None else SavePolicy()
+        self.policy: SavePolicy = policy if policy is not None else from_run_config()[0]
         self.get_state = get_state
         self.listeners: list[Any] = listeners if listeners is not None else []
         self._metadata = metadata
         self._clock = clock
         self._last_step: int | None = None  # step of the last save (or of the checkpoint we started from)
         self._last_time: float | None = None
+        self._stored_step: int | None = None  # a step known to be committed with exactly this state
         self.last_saved: Any = None  # CheckpointInfo of the last checkpoint this hook wrote
         self.stop_requested = False
 
@@ -111,13 +113,21 @@ class CheckpointSaverHook:
         for listener in self.listeners:
             listener.begin()
 
-    def after_create_session(self, step: int, session: Any = None) -> bool:
-        """The state exists at ``step``: saves now if the policy saves at begin. Returns True to stop."""
+    def after_create_session(self, step: int, session: Any = None, *, restored: bool = False) -> bool:
+        """The state exists at ``step``: saves now if the policy saves at begin. Returns True to stop.
+
+        Pass ``restored=True`` when the state was just restored from the store's checkpoint of ``step``:
+        that checkpoint is then not written again (listeners are still called, as Estimator calls them
+        at every resume).
+        """
         now = self._clock()
-        if self._policy_saves_at_begin():
-            return self._save(step, session, now)
-        # Without a save at begin, the interval still counts from here, as TF's SecondOrStepTimer does.
+        self._stored_step = step if restored else None
+        # A session counts its intervals from its start (the restored step), as TF's timer does,
+        # whether or not it saves there.
         self._last_step, self._last_time = step, now
+        context = SaveContext(step, now, is_begin=True, last_saved_step=step, last_saved_time=now)
+        if self.policy.should_save(context):
+            return self._save(step, session, now)
         return False
 
     def before_run(self, step: int) -> bool:
@@ -135,9 +145,10 @@ class CheckpointSaverHook:
         return self.stop_requested
 
     def end(self, step: int, session: Any = None) -> None:
-        """After the loop: a final save (unless this step is already saved), then listeners' ``end``."""
-        if self._policy_saves_at_end() and step != self._last_step:
-            self._save(step, session, self._clock())
+        """After the loop: the final save if the policy asks for one, then listeners' ``end``."""
+        now = self._clock()
+        if self.policy.should_save(self._context(step, now, is_end=True)):
+            self._save(step, session, now)
         for listener in self.listeners:
             listener.end(session, step)
 
@@ -145,13 +156,11 @@ class CheckpointSaverHook:
 
     def due(self, step: int, now: float | None = None) -> bool:
         """Whether the policy asks for a save at ``step`` (pure: changes nothing)."""
-        if step == self._last_step:
-            return False
-        return self.policy.should_save(
-            step=step,
-            now=self._clock() if now is None else now,
-            last_step=self._last_step,
-            last_time=self._last_time,
+        return self.policy.should_save(self._context(step, self._clock() if now is None else now))
+
+    def _context(self, step: int, now: float, *, is_end: bool = False) -> SaveContext:
+        return SaveContext(
+            int(step), now, is_end=is_end, last_saved_step=self._last_step, last_saved_time=self._last_time
         )
 
     def save(self, step: int, session: Any = None) -> bool:
@@ -161,15 +170,15 @@ class CheckpointSaverHook:
     def _save(self, step: int, session: Any, now: float) -> bool:
         for listener in self.listeners:
             listener.before_save(session, step)
-        latest = self.store.latest()
-        if latest is not None and latest.step == step:
-            # The trainer resumed from this very checkpoint (or saved it just before): writing the same
-            # step again would be refused by the store and would rewrite identical bytes anyway. Estimator
-            # still calls its listeners here on every resume, so they are called all the same.
+        if step == self._stored_step:
+            # This exact state is already committed (the trainer resumed from it, or this hook saved it):
+            # the store refuses to commit a step twice, and the bytes would be identical anyway. Any other
+            # collision with an existing step is a real conflict, and the store's error is left to surface.
             log.info("checkpoint of step %d already in %s; not written again", step, _where(self.store))
         else:
             metadata = dict(self._metadata(step)) if self._metadata is not None else None
             self.last_saved = self.store.save(step, self.get_state(), metadata=metadata)
+            self._stored_step = step
             log.info("saved checkpoint of step %d to %s", step, _where(self.store))
         self._last_step, self._last_time = step, now
         stop = False
@@ -181,12 +190,6 @@ class CheckpointSaverHook:
             log.info("a saving listener asked to stop training after step %d", step)
             self.stop_requested = True
         return self.stop_requested
-
-    def _policy_saves_at_begin(self) -> bool:
-        return bool(getattr(self.policy, "at_begin", True))
-
-    def _policy_saves_at_end(self) -> bool:
-        return bool(getattr(self.policy, "at_end", True))
 
 
 def _where(store: Any) -> str:
@@ -201,8 +204,9 @@ class CheckpointLoop:
         store = CheckpointStore("s3://bucket/run", keep_max=5)
         resumed = restore_or_initialize(store, init_params)
         params = resumed.state
-        loop = CheckpointLoop(store, SavePolicy(every_steps=100), get_state=lambda: params)
-        with loop.run(resumed.step):
+        policy = any_of(AtBegin(), EveryNSteps(100), AtEnd())
+        loop = CheckpointLoop(store, policy, get_state=lambda: params)
+        with loop.run(resumed.step, restored=resumed.restored):
             for step in range(resumed.step + 1, 10_001):
                 params = train_step(params)
                 if loop.step_done(step):   # saves when due; True once a listener asked to stop
@@ -228,11 +232,15 @@ class CheckpointLoop:
         )
         self.step: int | None = None
 
-    def start(self, step: int) -> bool:
-        """Begins the loop at ``step`` (the step the state is at): listeners' begin, then the save at begin."""
+    def start(self, step: int, *, restored: bool = False) -> bool:
+        """Begins the loop at ``step`` (the step the state is at): listeners' begin, then the save at begin.
+
+        ``restored=True`` says the state is the store's checkpoint of ``step`` (see
+        :func:`restore_or_initialize`), so the save at begin does not write it again.
+        """
         self.step = step
         self.hook.begin()
-        return self.hook.after_create_session(step, self)
+        return self.hook.after_create_session(step, self, restored=restored)
 
     def step_done(self, step: int) -> bool:
         """Reports that the state is now at ``step``; saves if due. Returns True to stop training."""
@@ -245,13 +253,13 @@ class CheckpointLoop:
             raise RuntimeError("CheckpointLoop.finish() called before start()")
         self.hook.end(self.step, self)
 
-    def run(self, step: int) -> _LoopContext:
-        """Context manager: ``start(step)`` on entry, ``finish()`` on a normal exit.
+    def run(self, step: int, *, restored: bool = False) -> _LoopContext:
+        """Context manager: ``start(step, restored=...)`` on entry, ``finish()`` on a normal exit.
 
         On an exception no final save is made: the state may be half-updated, and the last periodic
         checkpoint is the one to resume from.
         """
-        return _LoopContext(self, step)
+        return _LoopContext(self, step, restored)
 
     @property
     def should_stop(self) -> bool:
@@ -263,9 +271,10 @@ class CheckpointLoop:
 class _LoopContext:
     loop: CheckpointLoop
     step: int
+    restored: bool
 
     def __enter__(self) -> CheckpointLoop:
-        self.loop.start(self.step)
+        self.loop.start(self.step, restored=self.restored)
         return self.loop
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
