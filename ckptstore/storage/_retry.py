@@ -1,4 +1,4 @@
-"""Retry with exponential backoff and full jitter under a deadline, shared by the object-store backends.
+"""Plumbing shared by the object-store backends: bounded retries, cutting data into parts, joining futures.
 
 Why our own loop rather than the clients': botocore and gcsfs each retry on their own schedule (gcsfs
 sleeps up to 32 s between six attempts; botocore's budget is counted in attempts, not seconds), so a
@@ -12,9 +12,12 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from ckptstore.storage.interface import Buffer, as_bytes_view
 
 T = TypeVar("T")
 
@@ -89,3 +92,46 @@ def retry_call(
                 raise RetriesExhausted(e, attempt, elapsed) from e
             logger.debug("%s: transient %s (attempt %d), retrying in %.2fs", what, type(e).__name__, attempt, pause)
             time.sleep(pause)
+
+
+def split_parts(data: Buffer | Iterable[Buffer], part_size: int) -> Iterator[memoryview | bytes]:
+    """Cut ``data`` into ``part_size`` pieces (the last may be shorter), consuming an iterable once.
+
+    Slices of a large input buffer are views (no copy); only small pieces that must be glued together to
+    reach ``part_size`` are copied, so at most one part is buffered here at a time.
+    """
+    pieces = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
+    pending: list[memoryview] = []
+    pending_len = 0
+    emitted = False
+    for piece in pieces:
+        view = as_bytes_view(piece)
+        while len(view):
+            if not pending and len(view) >= part_size:
+                emitted = True
+                yield view[:part_size]
+                view = view[part_size:]
+                continue
+            take = min(len(view), part_size - pending_len)
+            pending.append(view[:take])
+            pending_len += take
+            view = view[take:]
+            if pending_len == part_size:
+                emitted = True
+                yield b"".join(pending)
+                pending, pending_len = [], 0
+    if pending or not emitted:  # an empty input is one empty part
+        yield b"".join(pending)
+
+
+def wait_all(futures: list[Future[Any]]) -> list[Any]:
+    """Results in submission order; on the first failure cancel the rest and raise it."""
+    results = []
+    try:
+        for f in futures:
+            results.append(f.result())
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
+    return results

@@ -35,7 +35,7 @@ from botocore import UNSIGNED
 from botocore.config import Config
 
 from ckptstore.errors import AlreadyExists, CkptStoreError, NotFound, PreconditionFailed, StorageError
-from ckptstore.storage._retry import RetriesExhausted, RetryPolicy, retry_call
+from ckptstore.storage._retry import RetriesExhausted, RetryPolicy, retry_call, split_parts, wait_all
 from ckptstore.storage.interface import (
     Buffer,
     Capabilities,
@@ -136,36 +136,6 @@ class _ViewReader(io.RawIOBase):
 
     def __len__(self) -> int:
         return len(self._view) - self._pos
-
-
-def _parts(data: Buffer | Iterable[Buffer], part_size: int) -> Iterator[memoryview | bytes]:
-    """Cut ``data`` into ``part_size`` pieces (the last may be shorter), consuming an iterable once.
-
-    Slices of a large input buffer are views (no copy); only small pieces that must be glued together to
-    reach ``part_size`` are copied, so at most one part is buffered here at a time.
-    """
-    pieces = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
-    pending: list[memoryview] = []
-    pending_len = 0
-    emitted = False
-    for piece in pieces:
-        view = as_bytes_view(piece)
-        while len(view):
-            if not pending and len(view) >= part_size:
-                emitted = True
-                yield view[:part_size]
-                view = view[part_size:]
-                continue
-            take = min(len(view), part_size - pending_len)
-            pending.append(view[:take])
-            pending_len += take
-            view = view[take:]
-            if pending_len == part_size:
-                emitted = True
-                yield b"".join(pending)
-                pending, pending_len = [], 0
-    if pending or not emitted:  # an empty input is one empty part
-        yield b"".join(pending)
 
 
 def _redact_endpoint(endpoint: str | None) -> str | None:
@@ -424,7 +394,7 @@ class S3Storage(StorageBase):
             pool.submit(self._read_range, key, offset + lo, view[lo:lo + self.part_size], etag)
             for lo in range(first, len(view), self.part_size)
         ]
-        self._wait_all(futures)
+        wait_all(futures)
 
     def _read_range(self, key: str, offset: int, view: memoryview, etag: str | None) -> str:
         args: dict[str, Any] = {
@@ -508,7 +478,7 @@ class S3Storage(StorageBase):
             condition["IfMatch"] = mode.token
         elif mode != "overwrite":
             raise ValueError(f"invalid put mode {mode!r}")
-        parts = _parts(data, self.part_size)
+        parts = split_parts(data, self.part_size)
         first = next(parts)
         second = next(parts, None)
         try:
@@ -559,7 +529,7 @@ class S3Storage(StorageBase):
                 while sum(not f.done() for f in futures) >= self.max_concurrency:
                     next(f for f in futures if not f.done()).result()
                 futures.append(pool.submit(self._upload_part, key, s3key, upload_id, number, part))
-            done = self._wait_all(futures)
+            done = wait_all(futures)
             resp = self._call("put (complete multipart upload)", key, self._client.complete_multipart_upload,
                               Bucket=self.bucket, Key=s3key, UploadId=upload_id,
                               MultipartUpload={"Parts": done}, **condition, **self._extra_request_args)
@@ -580,18 +550,6 @@ class S3Storage(StorageBase):
             Bucket=self.bucket, Key=s3key, UploadId=upload_id, PartNumber=number, Body=_ViewReader(view),
             **self._extra_request_args))
         return {"PartNumber": number, "ETag": resp["ETag"]}
-
-    def _wait_all(self, futures: list[Future[Any]]) -> list[Any]:
-        """Results in order; on the first failure cancel the rest and raise it."""
-        results = []
-        try:
-            for f in futures:
-                results.append(f.result())
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-        return results
 
     def delete(self, key: str) -> None:
         self._call("delete", key, self._client.delete_object, Bucket=self.bucket, Key=self._s3key(key),

