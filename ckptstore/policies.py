@@ -338,9 +338,7 @@ class RetentionState:
         if lpt is not None and (not _is_number(lpt) or not math.isfinite(lpt)):
             raise FormatError(f"retention state: bad last_preserved_time {lpt!r}")
         preserved = data.get("preserved", [])
-        if not isinstance(preserved, (list, tuple)) or not all(
-            _is_int(s) and s >= 0 for s in preserved
-        ):
+        if not isinstance(preserved, (list, tuple)) or not all(_is_int(s) and s >= 0 for s in preserved):
             raise FormatError("retention state: preserved must be a list of non-negative ints")
         clamped = data.get("clamped_times", [])
         if not isinstance(clamped, (list, tuple)) or not all(
@@ -519,7 +517,11 @@ class KeepMax(RetentionPolicy):
             leaving, window = managed[: max(0, len(managed) - self.n)], managed[-self.n :]
             for r in leaving:
                 t = state.effective_time(r)
-                if self.every_n_hours is not None and last is not None and t - self.every_n_hours * 3600.0 >= last:
+                if (
+                    self.every_n_hours is not None
+                    and last is not None
+                    and t - self.every_n_hours * 3600.0 >= last
+                ):
                     preserved.add(r.step)
                     last = t
             keep = frozenset(r.step for r in window)
@@ -711,9 +713,9 @@ def from_run_config(
 
     save: SavePolicy
     if secs:
-        save = AnySave((AtBegin(), EveryNSeconds(float(secs)), AtEnd()))  # type: ignore[arg-type]
+        save = AnySave((AtBegin(), EveryNSeconds(float(secs)), AtEnd()))
     elif steps:
-        save = AnySave((AtBegin(), EveryNSteps(steps), AtEnd()))  # type: ignore[arg-type]
+        save = AnySave((AtBegin(), EveryNSteps(steps), AtEnd()))
     else:
         save = AnySave(())
     retention = KeepMax(keep_checkpoint_max or None, every_n_hours=keep_checkpoint_every_n_hours)
