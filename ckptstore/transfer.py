@@ -135,7 +135,8 @@ def write_shards(
 
 def prepare_array(value: np.ndarray) -> np.ndarray:
     """C-contiguous little-endian version of ``value`` (a copy only when the input is not already)."""
-    arr = np.ascontiguousarray(value)
+    # Not np.ascontiguousarray: it turns 0-d arrays into 1-d ones.
+    arr = value if value.flags.c_contiguous else np.array(value, order="C", copy=True)
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     return arr
