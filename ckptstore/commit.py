@@ -22,12 +22,14 @@ Lifecycle of a save (the same for every backend):
    checkpoint and simply finishes on the next run.
 
 Readers go LATEST -> manifest -> shards. If LATEST is missing or unreadable, or names a manifest that is
-gone, they fall back to the newest committed manifest found by listing and say so in a warning.
+gone, they fall back to the newest committed manifest found by listing and say so in a warning. They also
+list to catch a committed manifest newer than LATEST (see below) and use it, with a warning.
 
 Assumptions: the backend honours the create-only and compare-and-swap modes its ``Capabilities`` claim.
 A backend that cannot (generic fsspec) gets check-then-write instead, which is safe for one writer per
 model_dir only; the store warns about it once. A crash between steps 2 and 3 leaves LATEST one save
-behind the newest manifest, which is still a complete checkpoint; the next save moves it on.
+behind the newest manifest, which is still a complete checkpoint; readers roll forward to it (so a
+resumed job continues after it instead of re-saving it) and the next save moves LATEST on.
 """
 
 from __future__ import annotations
@@ -213,7 +215,8 @@ def advance_latest(storage: Storage, pointer: Latest) -> Latest:
 
 
 def resolve_latest(storage: Storage) -> Latest | None:
-    """What LATEST names, or — when it is missing or damaged — the newest committed manifest, with a warning."""
+    """The newest committed checkpoint: what LATEST names, unless listing finds a newer committed manifest
+    or LATEST is missing or damaged — then the newest readable manifest, with a warning. One listing."""
     try:
         pointer, _ = read_latest(storage)
     except FormatError as e:
@@ -222,9 +225,24 @@ def resolve_latest(storage: Storage) -> Latest | None:
         damaged = True
     else:
         damaged = False
-    if pointer is not None:
-        return pointer
     steps = committed_steps(storage)
+    if pointer is not None:
+        newer = [step for step in steps if step > pointer.step]
+        # LATEST never moves backwards, so a newer manifest means a writer died between committing it
+        # (step 2) and advancing LATEST (step 3). That checkpoint is complete; a job resuming from the
+        # stale pointer would recompute and re-save the committed step and fail on it at every restart.
+        for step in reversed(newer):
+            try:
+                newest = read_manifest(storage, step)
+            except (NotFound, FormatError) as e:
+                log.warning("skipping step %d: %s", step, e)
+                continue
+            log.warning(
+                "%s/%s names step %d, but step %d is committed too (its writer stopped, or has yet to "
+                "advance LATEST); using step %d", storage.url, LATEST_KEY, pointer.step, step, step,
+            )
+            return latest_from_manifest(newest, dict(pointer.retention))
+        return pointer
     if not steps:
         return None
     if not damaged:

@@ -415,7 +415,7 @@ class CheckpointStore:
 
     # -- reading ---------------------------------------------------------------------------------
     def latest(self) -> CheckpointInfo | None:
-        """The checkpoint LATEST names (one storage read), or None when there is none."""
+        """The newest committed checkpoint (LATEST, checked against one listing), or None when there is none."""
         pointer = commit.resolve_latest(self._storage)
         return None if pointer is None else CheckpointInfo.from_latest(pointer)
 
