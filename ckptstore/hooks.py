@@ -152,6 +152,11 @@ class CheckpointSaverHook:
         for listener in self.listeners:
             listener.end(session, step)
 
+    @property
+    def last_step(self) -> int | None:
+        """Step of the last save, or of the session start when nothing was saved since."""
+        return self._last_step
+
     # -- decisions and the save itself ----------------------------------------------------------------
 
     def due(self, step: int, now: float | None = None) -> bool:
