@@ -1,0 +1,54 @@
+"""Regenerates the golden files that pin format version 1. Run only when the format changes on purpose
+(and bump the version): ``python tests/golden/make_golden.py``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ckptstore.commit import latest_from_manifest
+from ckptstore.format import Manifest, TensorEntry, encode_latest, encode_manifest, plan_layout
+from ckptstore.storage.memory import MemoryStorage
+from ckptstore.transfer import write_shards
+
+HERE = Path(__file__).parent
+
+
+def golden_state() -> dict[str, np.ndarray]:
+    return {
+        "dnn/hiddenlayer_0/kernel": np.arange(12, dtype="<f4").reshape(4, 3),
+        "dnn/hiddenlayer_0/bias": np.array([1, -2, 3], dtype="<i8"),
+        "flag": np.array(True),
+        "big": np.arange(3000, dtype="<u2"),  # 6000 bytes: crosses a page, split into 4096-byte chunks
+    }
+
+
+def build() -> tuple[Manifest, dict[str, bytes]]:
+    state = golden_state()
+    plan = plan_layout([(k, v.nbytes) for k, v in state.items()], target_shard_size=8192, chunk_size=4096)
+    storage = MemoryStorage("golden")
+    written = write_shards(storage, "step-000000000042", "attempt-0000000000000000", state, plan, workers=1)
+    manifest = Manifest(
+        step=42,
+        created=1700000000.5,
+        library="0.1.0",
+        shards=written.shard_sizes,
+        tensors={
+            k: TensorEntry({"<f4": "float32", "<i8": "int64", "|b1": "bool", "<u2": "uint16"}[v.dtype.str],
+                           v.shape, written.chunks[k])
+            for k, v in state.items()
+        },
+        scalars={"lr": 0.5, "name": "iris"},
+        metadata={"loss": 0.25},
+    )
+    shards = {name: storage.get(f"step-000000000042/{name}") for name in written.shard_sizes}
+    return manifest, shards
+
+
+if __name__ == "__main__":
+    manifest, shards = build()
+    (HERE / "manifest-v1.msgpack").write_bytes(encode_manifest(manifest))
+    (HERE / "LATEST-v1.msgpack").write_bytes(encode_latest(latest_from_manifest(manifest)))
+    for name, data in shards.items():
+        (HERE / name.replace("/", "__")).write_bytes(data)
