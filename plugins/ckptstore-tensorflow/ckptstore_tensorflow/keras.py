@@ -106,10 +106,10 @@ class StoreCallback(keras.callbacks.Callback):
         return out
 
     def _read_state(self) -> dict[str, np.ndarray]:
-        return {name: np.asarray(keras.ops.convert_to_numpy(v)) for name, v in self._variables().items()}
+        return {name: np.asarray(v.numpy()) for name, v in self._variables().items()}
 
     def _step(self) -> int:
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        return int(self.model.optimizer.iterations.numpy())
 
     # -- Keras callbacks -------------------------------------------------------------------------
 
