@@ -38,7 +38,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 
 from ckptstore.errors import AlreadyExists, CommitError, FormatError, NotFound, PreconditionFailed
@@ -215,8 +215,8 @@ def advance_latest(storage: Storage, pointer: Latest) -> Latest:
 
 
 def resolve_latest(storage: Storage) -> Latest | None:
-    """The newest committed checkpoint: what LATEST names, unless listing finds a newer committed manifest
-    or LATEST is missing or damaged — then the newest readable manifest, with a warning. One listing."""
+    """What LATEST names (one read), or — when it is missing or damaged — the newest committed manifest
+    found by listing, with a warning."""
     try:
         pointer, _ = read_latest(storage)
     except FormatError as e:
@@ -225,24 +225,9 @@ def resolve_latest(storage: Storage) -> Latest | None:
         damaged = True
     else:
         damaged = False
-    steps = committed_steps(storage)
     if pointer is not None:
-        newer = [step for step in steps if step > pointer.step]
-        # LATEST never moves backwards, so a newer manifest means a writer died between committing it
-        # (step 2) and advancing LATEST (step 3). That checkpoint is complete; a job resuming from the
-        # stale pointer would recompute and re-save the committed step and fail on it at every restart.
-        for step in reversed(newer):
-            try:
-                newest = read_manifest(storage, step)
-            except (NotFound, FormatError) as e:
-                log.warning("skipping step %d: %s", step, e)
-                continue
-            log.warning(
-                "%s/%s names step %d, but step %d is committed too (its writer stopped, or has yet to "
-                "advance LATEST); using step %d", storage.url, LATEST_KEY, pointer.step, step, step,
-            )
-            return latest_from_manifest(newest, dict(pointer.retention))
         return pointer
+    steps = committed_steps(storage)
     if not steps:
         return None
     if not damaged:
@@ -258,20 +243,61 @@ def resolve_latest(storage: Storage) -> Latest | None:
     return None
 
 
+def roll_forward(storage: Storage) -> Latest | None:
+    """Move LATEST on to a committed manifest newer than the one it names, if there is one.
+
+    LATEST never moves backwards, so a newer manifest means a writer died between committing it (step
+    2) and advancing LATEST (step 3). That checkpoint is complete; a job resuming from the stale pointer
+    would recompute and re-save the committed step and fail on it at every restart. One listing: the
+    store does this once, when it first touches the model_dir, so ``latest()`` stays one read after that.
+    """
+    try:
+        pointer, _ = read_latest(storage)
+    except FormatError:
+        pointer = None  # resolve_latest/advance_latest deal with (and warn about) a damaged LATEST
+    steps = committed_steps(storage)
+    floor = -1 if pointer is None else pointer.step
+    for step in reversed([s for s in steps if s > floor]):
+        try:
+            newest = read_manifest(storage, step)
+        except (NotFound, FormatError) as e:
+            log.warning("skipping step %d: %s", step, e)
+            continue
+        if pointer is not None:
+            log.warning(
+                "%s/%s names step %d, but step %d is committed too (its writer stopped before advancing "
+                "LATEST); moving LATEST to step %d", storage.url, LATEST_KEY, pointer.step, step, step,
+            )
+        return advance_latest(storage, latest_from_manifest(newest))
+    return pointer
+
+
 # ---------------------------------------------------------------------------------------------
 # Deleting
 # ---------------------------------------------------------------------------------------------
 
 
-def step_objects(storage: Storage, step: int) -> Iterator[ObjectInfo]:
-    return storage.list(step_dir(step) + "/")
+def attempts_of(manifest: Manifest) -> frozenset[str]:
+    """The attempt directories whose shards a manifest names."""
+    return frozenset(name.split("/", 1)[0] for name in manifest.shards if "/" in name)
 
 
-def delete_step(storage: Storage, step: int) -> None:
+def delete_step(storage: Storage, step: int, attempts: frozenset[str]) -> None:
     """Delete a committed step: the manifest first (the step vanishes atomically), then its shards.
 
+    Only the manifest that names exactly ``attempts`` is deleted, and only shards under those attempt
+    directories, so a save of the same step that started after the prune decided is never touched.
     Idempotent: a repeated call finishes what an interrupted one began.
     """
-    storage.delete(manifest_key(step))
-    for obj in list(step_objects(storage, step)):
-        storage.delete(obj.key)
+    try:
+        current = read_manifest(storage, step)
+    except NotFound:
+        current = None
+    except FormatError:
+        current = None  # a damaged manifest of a step being deleted: deleting it is the point
+        storage.delete(manifest_key(step))
+    if current is not None and attempts_of(current) == attempts:
+        storage.delete(manifest_key(step))
+    for attempt in sorted(attempts):
+        for obj in list(storage.list(f"{step_dir(step)}/{attempt}/")):
+            storage.delete(obj.key)

@@ -14,9 +14,9 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
@@ -27,6 +27,8 @@ from ckptstore.errors import CheckpointMismatch, CommitError, FormatError, NotFo
 from ckptstore.format import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_MAX_SHARD_SIZE,
+    LATEST_KEY,
+    MANIFEST_FILE,
     Latest,
     Manifest,
     TensorEntry,
@@ -34,12 +36,21 @@ from ckptstore.format import (
     dtype_name,
     manifest_key,
     pack,
+    parse_step_dir,
     plan_layout,
     step_dir,
 )
+from ckptstore.policies import (
+    CheckpointRecord,
+    KeepMax,
+    RetentionPolicy,
+    RetentionState,
+    SavePolicy,
+    from_run_config,
+)
 from ckptstore.storage.interface import Storage
 from ckptstore.storage.registry import open_storage, split_scheme
-from ckptstore.transfer import check_shards, prepare_array, read_tensors, write_shards
+from ckptstore.transfer import check_shards, prepare_array, read_tensors, run_parallel, write_shards
 
 log = logging.getLogger("ckptstore")
 
@@ -76,6 +87,23 @@ class CheckpointInfo:
     @classmethod
     def from_manifest(cls, m: Manifest) -> CheckpointInfo:
         return cls(m.step, m.created, m.nbytes, dict(m.metadata), len(m.tensors) + len(m.scalars))
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What ``prune`` kept and deleted (or, with ``dry_run``, would delete).
+
+    Attributes:
+        kept: committed steps that stay.
+        deleted: steps deleted (or that would be), oldest first.
+        garbage: keys of uncommitted attempts and temp files removed by garbage collection.
+        dry_run: nothing was deleted.
+    """
+
+    kept: tuple[int, ...]
+    deleted: tuple[int, ...]
+    garbage: tuple[str, ...] = ()
+    dry_run: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,6 +261,15 @@ class CheckpointStore:
         chunk_size: tensors larger than this are split into separately checksummed chunks.
         workers: parallel storage calls; default: what the backend suggests.
         verify: check every chunk's crc32c on restore (the default; ``restore(verify=False)`` skips it).
+        retention: which checkpoints to keep; applied after every save and by ``prune``. ``None``
+            (the default) keeps every checkpoint.
+        keep_max: shorthand for ``retention=KeepMax(keep_max, every_n_hours=keep_every_n_hours)``.
+        keep_every_n_hours: see ``keep_max`` (``tf.train.CheckpointManager`` semantics).
+        save_policy: when trainer hooks should save (``ckptstore.hooks`` reads it); not used by
+            ``save`` itself, which always saves.
+        gc_grace_seconds: uncommitted attempts and temp files younger than this are never collected
+            (a concurrent writer may still be writing them). Must exceed the longest save.
+        clock: the time source for retention and garbage collection (tests pass a fake one).
     """
 
     def __init__(
@@ -245,7 +282,19 @@ class CheckpointStore:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         workers: int | None = None,
         verify: bool = True,
+        retention: RetentionPolicy | None = None,
+        keep_max: int | None = None,
+        keep_every_n_hours: float | None = None,
+        save_policy: SavePolicy | None = None,
+        gc_grace_seconds: float = 3600.0,
+        clock: Callable[[], float] = time.time,
     ):
+        if retention is not None and (keep_max is not None or keep_every_n_hours is not None):
+            raise ValueError("pass either retention= or keep_max=/keep_every_n_hours=, not both")
+        if keep_max is not None or keep_every_n_hours is not None:
+            retention = KeepMax(keep_max, every_n_hours=keep_every_n_hours)
+        if gc_grace_seconds < 0:
+            raise ValueError(f"gc_grace_seconds must be >= 0, got {gc_grace_seconds}")
         if storage is not None:
             self._storage = storage
             self._model_dir = storage.url
@@ -269,8 +318,15 @@ class CheckpointStore:
         self.chunk_size = chunk_size
         self.workers = workers or self._storage.io_workers
         self.verify = verify
+        self.retention = retention
+        self.save_policy = save_policy
+        self.gc_grace_seconds = gc_grace_seconds
+        self._clock = clock
         self._in_use: dict[int, int] = {}
         self._lock = threading.Lock()
+        self._manifests: dict[int, Manifest] = {}  # committed manifests are immutable (bar overwrite)
+        self._rolled_forward = False
+        self._retention_resumed = False
         caps = self._storage.capabilities
         if not (caps.conditional_create and caps.compare_and_swap):
             log.warning(
@@ -278,6 +334,32 @@ class CheckpointStore:
                 "which is safe only with one writer per model_dir",
                 self._storage.url,
             )
+
+    @classmethod
+    def from_run_config(
+        cls,
+        model_dir: str | os.PathLike[str] | None = None,
+        *,
+        save_checkpoints_secs: Any = ...,
+        save_checkpoints_steps: Any = ...,
+        keep_checkpoint_max: int | None = 5,
+        keep_checkpoint_every_n_hours: float | None = 10000,
+        **kwargs: Any,
+    ) -> CheckpointStore:
+        """A store configured in TF ``RunConfig``'s words (and defaults: every 600 s, keep the 5 newest).
+
+        ``store.save_policy`` and ``store.retention`` hold the matching policies; other keyword
+        arguments go to the constructor.
+        """
+        run_config: dict[str, Any] = dict(
+            keep_checkpoint_max=keep_checkpoint_max, keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours
+        )
+        if save_checkpoints_secs is not ...:
+            run_config["save_checkpoints_secs"] = save_checkpoints_secs
+        if save_checkpoints_steps is not ...:
+            run_config["save_checkpoints_steps"] = save_checkpoints_steps
+        save_policy, retention = from_run_config(**run_config)
+        return cls(model_dir, retention=retention, save_policy=save_policy, **kwargs)
 
     # -- properties ------------------------------------------------------------------------------
     @property
@@ -355,6 +437,7 @@ class CheckpointStore:
         prepared = {name: prepare_array(a) for name, a in arrays.items()}
         names = {name: dtype_name(a.dtype) for name, a in prepared.items()}
         storage = self._storage
+        self._roll_forward_once()
         if not overwrite:
             try:
                 storage.head(manifest_key(step))
@@ -377,7 +460,7 @@ class CheckpointStore:
                 written = write_shards(storage, prefix, attempt, prepared, plan, self.workers)
                 manifest = Manifest(
                     step=step,
-                    created=time.time(),
+                    created=self._clock(),
                     library=__version__,
                     shards=written.shard_sizes,
                     tensors={
@@ -391,6 +474,7 @@ class CheckpointStore:
             except BaseException:
                 self._discard_attempt(prefix, attempt)
                 raise
+            self._manifests[step] = manifest
             pointer = commit.advance_latest(storage, commit.latest_from_manifest(manifest))
         if pointer.step > step:
             log.warning(
@@ -399,6 +483,7 @@ class CheckpointStore:
             )
         info = CheckpointInfo.from_manifest(manifest)
         seconds = time.perf_counter() - started
+        self._housekeeping()
         log.info(
             "saved step %d to %s: %d bytes in %.3f s (%.1f MB/s)",
             step, storage.url, info.nbytes, seconds, info.nbytes / max(seconds, 1e-9) / 1e6,
@@ -422,22 +507,20 @@ class CheckpointStore:
     def list(self) -> list[CheckpointInfo]:
         """Every committed checkpoint, ascending by step. Damaged manifests are skipped with a warning."""
         out = []
-        for step in commit.committed_steps(self._storage):
-            try:
-                out.append(CheckpointInfo.from_manifest(commit.read_manifest(self._storage, step)))
-            except (NotFound, FormatError) as e:
-                log.warning("skipping step %d: %s", step, e)
+        for manifest in self._committed_manifests():
+            out.append(CheckpointInfo.from_manifest(manifest))
         return out
 
     def manifest(self, step: int | None = None) -> Manifest:
         """The validated manifest of ``step`` (default: the latest checkpoint)."""
         if step is not None:
-            return commit.read_manifest(self._storage, _check_step(step))
+            return self._read_manifest(_check_step(step), fresh=True)
+        self._roll_forward_once()
         pointer = commit.resolve_latest(self._storage)
         if pointer is None:
             raise NotFound(f"{self._storage.url}: no committed checkpoint")
         try:
-            return commit.read_manifest(self._storage, pointer.step)
+            return self._read_manifest(pointer.step, fresh=True)
         except (NotFound, FormatError) as e:
             # LATEST names a checkpoint that is gone or damaged: use the newest one that is intact.
             log.warning("%s; falling back to the newest intact checkpoint", e)
@@ -502,3 +585,202 @@ class CheckpointStore:
                 verify=self.verify if verify is None else verify, workers=self.workers,
             )
         return {n: arrays[n] if n in arrays else manifest.scalars[n] for n in selected}
+
+    # -- retention, pins, garbage collection -----------------------------------------------------
+    def _read_manifest(self, step: int, fresh: bool = False) -> Manifest:
+        """A validated manifest; from this store's cache unless ``fresh`` (restores always re-read)."""
+        cached = self._manifests.get(step)
+        if cached is not None and not fresh:
+            return cached
+        try:
+            manifest = commit.read_manifest(self._storage, step)
+        except NotFound:
+            self._manifests.pop(step, None)
+            raise
+        self._manifests[step] = manifest
+        return manifest
+
+    def _committed_manifests(self) -> list[Manifest]:
+        """Manifests of every committed step, ascending; damaged ones are skipped with a warning."""
+        steps = commit.committed_steps(self._storage)
+        for gone in set(self._manifests) - set(steps):
+            self._manifests.pop(gone, None)
+
+        def read(step: int) -> Manifest | None:
+            try:
+                return self._read_manifest(step)
+            except (NotFound, FormatError) as e:
+                log.warning("skipping step %d: %s", step, e)
+                return None
+
+        found = run_parallel([lambda s=s: read(s) for s in steps], self.workers)
+        return [m for m in found if m is not None]
+
+    def _roll_forward_once(self) -> None:
+        if not self._rolled_forward:
+            commit.roll_forward(self._storage)
+            self._rolled_forward = True
+
+    def _housekeeping(self) -> None:
+        """Retention and garbage collection after a save. The save is committed whatever happens here,
+        so a failure is logged, not raised; the next save or ``prune`` retries."""
+        try:
+            if self.retention is not None:
+                self.prune()
+            else:
+                self.gc()
+        except Exception as e:
+            log.warning("%s: retention after the save failed (the save itself is committed): %s", self._storage.url, e)
+
+    def pinned(self) -> frozenset[int]:
+        """Steps protected from retention by ``pin``."""
+        pointer = commit.resolve_latest(self._storage)
+        return frozenset(pointer.retention.get("pinned", ())) if pointer else frozenset()
+
+    def pin(self, step: int) -> None:
+        """Protect a committed step from every retention policy until ``unpin``."""
+        step = _check_step(step)
+        self._read_manifest(step)  # NotFound for a step that is not committed
+        self._update_retention(lambda r: {**r, "pinned": sorted(set(r.get("pinned", ())) | {step})})
+
+    def unpin(self, step: int) -> None:
+        """Let retention consider ``step`` again."""
+        step = _check_step(step)
+        self._update_retention(lambda r: {**r, "pinned": sorted(set(r.get("pinned", ())) - {step})})
+
+    def _update_retention(self, change: Callable[[dict[str, Any]], dict[str, Any]]) -> Latest:
+        """Compare-and-swap LATEST's retention map (creating LATEST from the newest manifest if missing)."""
+        self._roll_forward_once()
+
+        def apply(current: Latest | None) -> Latest | None:
+            if current is None:
+                current = commit.resolve_latest(self._storage)
+                if current is None:
+                    raise NotFound(f"{self._storage.url}: no committed checkpoint")
+            return replace(current, retention=change(dict(current.retention)))
+
+        result = commit.update_latest(self._storage, apply)
+        assert result is not None
+        return result
+
+    def prune(self, *, dry_run: bool = False, retention: RetentionPolicy | None = None) -> PruneResult:
+        """Apply the retention policy: record the new kept set in LATEST, then delete the rest.
+
+        Never deleted: the step LATEST names, pinned steps, steps this store is writing or restoring,
+        and steps ``keep_every_n_hours`` preserved. Deletes remove the manifest before the shards, so
+        an interrupted prune leaves no visible half checkpoint; the next prune finishes it. Garbage
+        collection (``gc``) runs afterwards.
+
+        Args:
+            dry_run: report what would be deleted without deleting anything.
+            retention: a policy for this call instead of the store's.
+        """
+        policy = retention or self.retention
+        storage = self._storage
+        if not dry_run:
+            self._finish_pending_deletes()
+        manifests = self._committed_manifests()
+        if policy is None or not manifests:
+            garbage = () if dry_run else self.gc()
+            return PruneResult(tuple(m.step for m in manifests), (), garbage, dry_run)
+        now = self._clock()
+        records = [CheckpointRecord(m.step, m.created, m.metadata) for m in manifests]
+        decision = None
+
+        def decide(current: Latest | None) -> Latest | None:
+            nonlocal decision
+            if current is None:
+                current = commit.resolve_latest(storage)
+                assert current is not None  # there are committed manifests
+            raw = current.retention.get("state")
+            if raw is not None:
+                state = RetentionState.from_dict(raw)
+            elif len(records) <= 1:
+                state = RetentionState.start(min(r.time for r in records))  # a brand-new store
+            else:
+                state = RetentionState()  # state lost: the policy treats it conservatively
+            if not self._retention_resumed:
+                state = policy.resume(records, state, now)
+            pins = frozenset(current.retention.get("pinned", ()))
+            decision = policy.select(records, state, now, frozenset({current.step}) | pins | self.in_use())
+            if dry_run:
+                return None
+            attempts = {m.step: sorted(commit.attempts_of(m)) for m in manifests}
+            pending = [[s, attempts[s]] for s in decision.delete]
+            retention_map = {**current.retention, "state": decision.state.to_dict(), "deleting": pending}
+            return replace(current, retention=retention_map)
+
+        self._roll_forward_once()
+        commit.update_latest(storage, decide)
+        assert decision is not None
+        if dry_run:
+            return PruneResult(tuple(sorted(decision.keep)), decision.delete, (), True)
+        self._retention_resumed = True
+        self._finish_pending_deletes()
+        return PruneResult(tuple(sorted(decision.keep)), decision.delete, self.gc(), False)
+
+    def _finish_pending_deletes(self) -> None:
+        """Delete the steps LATEST records as being deleted, then clear the record."""
+        try:
+            pointer, _ = commit.read_latest(self._storage)
+        except FormatError:
+            return
+        pending = [] if pointer is None else pointer.retention.get("deleting", [])
+        if not pending:
+            return
+        done = set()
+        for step, attempts in pending:
+            if step == pointer.step:
+                continue  # LATEST moved to it again meanwhile (a re-save): never delete what LATEST names
+            commit.delete_step(self._storage, step, frozenset(attempts))
+            self._manifests.pop(step, None)
+            done.add(step)
+        self._update_retention(
+            lambda r: {**r, "deleting": [e for e in r.get("deleting", []) if e[0] not in done]}
+        )
+
+    def gc(self, *, grace_seconds: float | None = None, dry_run: bool = False) -> tuple[str, ...]:
+        """Remove uncommitted attempts and temp files older than the grace period; return their keys.
+
+        An attempt directory counts as alive while any file in it is younger than the grace period, so
+        a concurrent writer's in-flight save is never touched. Keys ckptstore did not create are left alone.
+        """
+        grace = self.gc_grace_seconds if grace_seconds is None else grace_seconds
+        now = self._clock()
+        storage = self._storage
+        objects = list(storage.list())
+        referenced: dict[int, frozenset[str] | None] = {}
+        for obj in objects:
+            parts = obj.key.split("/")
+            step = parse_step_dir(parts[0])
+            if step is not None and len(parts) == 2 and parts[1] == MANIFEST_FILE:
+                try:
+                    referenced[step] = commit.attempts_of(self._read_manifest(step))
+                except FormatError:
+                    referenced[step] = None  # damaged: keep all of this step's files for inspection
+                except NotFound:
+                    pass
+        groups: dict[str, list[Any]] = {}
+        for obj in objects:
+            parts = obj.key.split("/")
+            step = parse_step_dir(parts[0])
+            if obj.key == LATEST_KEY or parts[0] == ".locks":
+                continue
+            if step is not None and len(parts) == 3:
+                if referenced.get(step, frozenset()) is None or parts[1] in (referenced.get(step) or ()):
+                    continue
+                groups.setdefault(f"{parts[0]}/{parts[1]}/", []).append(obj)
+            elif parts[-1].startswith(".tmp-"):
+                groups.setdefault(obj.key, []).append(obj)
+        garbage: list[str] = []
+        for members in groups.values():
+            times = [o.mtime for o in members]
+            if any(t is None for t in times) or now - max(times) < grace:
+                continue
+            garbage.extend(o.key for o in members)
+        if not dry_run:
+            for key in garbage:
+                storage.delete(key)
+        if garbage:
+            log.info("%s: garbage collection %s %d objects", storage.url, "found" if dry_run else "removed", len(garbage))
+        return tuple(sorted(garbage))
