@@ -49,11 +49,11 @@ ensure_venv() {
     fi
     echo "test-tensorflow: $variant: installing into $venv ($reqs)"
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --upgrade pip
+    "$venv/bin/python" -m pip install --quiet --upgrade pip 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
     # One resolver run for everything so pip cannot pick a numpy or protobuf that TF then rejects.
     # shellcheck disable=SC2086
     "$venv/bin/python" -m pip install --quiet $reqs $test_requirements \
-        -e "$repo[s3]" -e "$plugin"
+        -e "$repo[s3]" -e "$plugin" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
     echo "$want" > "$stamp"
 }
 
