@@ -184,7 +184,7 @@ class CheckpointSaverHook:
             metadata = dict(self._metadata(step)) if self._metadata is not None else None
             self.last_saved = self.store.save(step, self.get_state(), metadata=metadata)
             self._stored_step = step
-            log.info("saved checkpoint of step %d to %s", step, _where(self.store))
+            log.debug("saved checkpoint of step %d to %s", step, _where(self.store))
         self._last_step, self._last_time = step, now
         stop = False
         for listener in self.listeners:
