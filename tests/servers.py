@@ -9,6 +9,7 @@ without the extras) or fails (CI). ``scripts/install-test-deps.sh`` installs all
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -97,7 +98,7 @@ class Server:
         if proc is not None and proc.poll() is None:
             proc.terminate()
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
@@ -184,7 +185,8 @@ class SeaweedServer(S3Server):
         self.endpoint = f"http://{HOST}:{ports['s3.port']}"
         argv = [exe, "mini", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}", "-master.telemetry=false",
                 "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-                f"-bucket={self.bucket}"]
+                # Like AWS: a put into a missing bucket must fail, not conjure the bucket.
+                "-s3.autoCreateBucket=false", f"-bucket={self.bucket}"]
         argv += [f"-{name}={port}" for name, port in ports.items()]
         # weed mini takes its S3 identity from these variables.
         return argv, {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
@@ -234,3 +236,128 @@ class FakeGcsServer(Server):
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10):
             pass
+
+
+class FaultProxy:
+    """A tiny HTTP proxy on 127.0.0.1 that answers the first requests with faults, then passes through.
+
+    ``faults`` is consumed in order, one per request: ``"503"`` (S3 ``SlowDown`` / a GCS JSON error),
+    ``"500"``, ``"reset"`` (close the connection without answering) or ``None`` (pass this one
+    through). With ``always`` set, that fault is served to every request after the list runs out. It
+    handles a bounded number of requests (``max_requests``) and then refuses, so a runaway retry loop
+    cannot spin forever.
+    """
+
+    def __init__(self, upstream: str, faults: list[str | None] | None = None, always: str | None = None,
+                 max_requests: int = 500):
+        import http.server
+        import threading
+        from urllib.parse import urlsplit
+
+        self.upstream = urlsplit(upstream)
+        self.faults = list(faults or [])
+        self.always = always
+        self.max_requests = max_requests
+        self.requests = 0
+        self.faults_served = 0
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real S3/GCS endpoints do
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    out = bytearray()
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass  # trailers
+                            return bytes(out)
+                        out += self.rfile.read(size)
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _handle(self) -> None:
+                body = self._body()
+                fault = proxy._next_fault()
+                if fault == "reset":
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                if fault in ("503", "500", "refuse"):
+                    status = 503 if fault in ("503", "refuse") else 500
+                    code = "SlowDown" if status == 503 else "InternalError"
+                    if self.path.startswith(("/storage/", "/upload/")):
+                        payload = json.dumps({"error": {"code": status, "message": f"injected {status}",
+                                                        "errors": [{"reason": "backendError"}]}}).encode()
+                        ctype = "application/json"
+                    else:
+                        payload = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+                                   f"<Message>injected {status}</Message></Error>").encode()
+                        ctype = "application/xml"
+                    self.send_response(status)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(payload)
+                    return
+                self._forward(body)
+
+            def _forward(self, body: bytes) -> None:
+                import http.client
+
+                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
+                try:
+                    headers = {k: v for k, v in self.headers.items()
+                               if k.lower() not in ("transfer-encoding", "connection", "content-length")}
+                    headers["Content-Length"] = str(len(body))
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    payload = resp.read()
+                finally:
+                    conn.close()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                length = resp.getheader("Content-Length") if self.command == "HEAD" else str(len(payload))
+                self.send_header("Content-Length", length or "0")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle  # noqa: N815
+
+        self._server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+        self._server.daemon_threads = True
+        self.endpoint = f"http://{HOST}:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+
+    def _next_fault(self) -> str | None:
+        with self._lock:
+            self.requests += 1
+            if self.requests > self.max_requests:
+                fault: str | None = "refuse"
+            elif self.faults:
+                fault = self.faults.pop(0)
+            else:
+                fault = self.always
+            if fault is not None:
+                self.faults_served += 1
+            return fault
+
+    def __enter__(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

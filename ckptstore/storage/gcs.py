@@ -148,6 +148,7 @@ class GCSStorage(StorageBase):
         self.part_size = part_size
         self.max_concurrency = max_concurrency
         self.retry = retry or RetryPolicy()
+        self.endpoint_url: str = str(storage_options.get("endpoint_url") or "")
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
         self._secrets = _secret_strings(storage_options.get("token"))
         self._bucket_checked = False
@@ -164,7 +165,7 @@ class GCSStorage(StorageBase):
             raise
         except Exception as e:
             raise StorageError(self._redact(f"{self.url}: cannot set up GCS access: {type(e).__name__}: {e}")) from None
-        self.endpoint_url: str = self.fs._location
+        self.endpoint_url = self.fs._location
 
     def __repr__(self) -> str:
         return f"GCSStorage({self.url!r}, endpoint_url={self.endpoint_url!r})"
@@ -365,8 +366,12 @@ class GCSStorage(StorageBase):
             params: dict[str, Any] = {"prefix": self.prefix + prefix, "maxResults": 1000}
             if token:
                 params["pageToken"] = token
-            _, body, _ = self._http("list", prefix, "GET", f"{self.fs.base}b/{quote(self.bucket, safe='')}/o",
-                                    params)
+            try:
+                _, body, _ = self._http("list", prefix, "GET",
+                                        f"{self.fs.base}b/{quote(self.bucket, safe='')}/o", params)
+            except NotFound:
+                self._check_bucket("list", prefix)  # raises for a missing bucket
+                return
             page = json.loads(body)
             for meta in page.get("items", ()):
                 yield self._info(meta["name"][len(self.prefix):], meta)
@@ -514,7 +519,9 @@ def _secret_strings(token: Any) -> list[str]:
     if isinstance(token, str) and token not in ("anon", "google_default", "cache", "cloud", "browser") \
             and not os.path.exists(token):
         return [token]
-    return []
+    # A google.auth Credentials object: its live token and whatever can mint new ones.
+    return [str(v) for v in (getattr(token, name, None) for name in ("token", "refresh_token", "client_secret"))
+            if isinstance(v, str) and v]
 
 
 def open_url(url: str, **storage_options: Any) -> GCSStorage:

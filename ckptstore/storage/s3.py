@@ -112,7 +112,8 @@ def _is_transient(e: BaseException) -> bool:
     # Connection refused/reset, timeouts, truncated bodies: botocore's transport errors plus the raw
     # socket errors urllib3 lets through while a body is being read.
     return isinstance(e, (
-        botocore.exceptions.HTTPClientError,  # EndpointConnectionError, ConnectTimeout, ReadTimeout ...
+        botocore.exceptions.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, proxy errors
+        botocore.exceptions.HTTPClientError,  # ConnectionClosedError, ReadTimeoutError ...
         botocore.exceptions.IncompleteReadError,
         botocore.exceptions.ResponseStreamingError,
         ConnectionError,
@@ -247,9 +248,10 @@ class S3Storage(StorageBase):
         secret = client_kwargs.pop("aws_secret_access_key", secret)
         token = client_kwargs.pop("aws_session_token", token)
         self._secrets = [s for s in (key, secret, token) if s]
-        if endpoint_url and "@" in endpoint_url:
-            parts = urlsplit(endpoint_url)
-            self._secrets += [s for s in (parts.username, parts.password) if s]
+        if endpoint_url and (urlsplit(endpoint_url).username or urlsplit(endpoint_url).password):
+            # S3 never authenticates through URL userinfo, and botocore logs endpoint URLs at DEBUG level.
+            raise ValueError(f"{self.url}: endpoint_url must not contain a user or password "
+                             f"({_redact_endpoint(endpoint_url)!r}); pass key= and secret= instead")
 
         s3_config = dict(config_kwargs.pop("s3", None) or {})
         if endpoint_url:
@@ -268,19 +270,23 @@ class S3Storage(StorageBase):
             signature_version=UNSIGNED if anon else config_kwargs.pop("signature_version", None),
             **config_kwargs,
         )
-        session = _new_session(profile)
-        if endpoint_url and not client_kwargs.get("region_name") and not session.region_name:
-            client_kwargs["region_name"] = "us-east-1"  # any region signs for a non-AWS endpoint
-        client = session.client(
-            "s3",
-            endpoint_url=endpoint_url,
-            use_ssl=use_ssl,
-            aws_access_key_id=None if anon else key,
-            aws_secret_access_key=None if anon else secret,
-            aws_session_token=None if anon else token,
-            config=config,
-            **client_kwargs,
-        )
+        try:
+            session = _new_session(profile)
+            if endpoint_url and not client_kwargs.get("region_name") and not session.region_name:
+                client_kwargs["region_name"] = "us-east-1"  # any region signs for a non-AWS endpoint
+            client = session.client(
+                "s3",
+                endpoint_url=endpoint_url,
+                use_ssl=use_ssl,
+                aws_access_key_id=None if anon else key,
+                aws_secret_access_key=None if anon else secret,
+                aws_session_token=None if anon else token,
+                config=config,
+                **client_kwargs,
+            )
+        except Exception as e:
+            # botocore's messages may quote the endpoint URL, which may carry a password.
+            raise StorageError(self._redact(f"{self.url}: cannot set up S3 access: {type(e).__name__}: {e}")) from None
         extra_request = {"RequestPayer": "requester"} if requester_pays else {}
         return client, extra_put, extra_request, _redact_endpoint(endpoint_url)
 
