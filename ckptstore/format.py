@@ -357,6 +357,14 @@ def _check_plain(value: Any, where: str, depth: int = 0) -> None:
         raise FormatError(f"{where}: value of type {type(value).__name__} is not plain data")
 
 
+def _checked_name(check: Any, name: Any, where: str) -> str:
+    """Run a name check, with ``where`` (the manifest) in its error."""
+    try:
+        return check(name)
+    except FormatError as e:
+        raise FormatError(f"{where}: {e}") from None
+
+
 def decode_manifest(data: bytes, where: str) -> Manifest:
     """Parse and fully validate a manifest; ``where`` names it in every error."""
     doc = _unpack(data, where, MAX_MANIFEST_BYTES)
@@ -370,14 +378,14 @@ def decode_manifest(data: bytes, where: str) -> Manifest:
     raw_shards = _field(doc, "shards", dict, where)
     shards: dict[str, int] = {}
     for name, size in raw_shards.items():
-        check_shard_name(name)
+        _checked_name(check_shard_name, name, where)
         shards[name] = _int_in(size, 0, MAX_SHARD_BYTES, f"size of shard {name}", where)
 
     raw_tensors = _field(doc, "tensors", dict, where)
     tensors: dict[str, TensorEntry] = {}
     extents: dict[str, list[tuple[int, int, str]]] = {name: [] for name in shards}
     for name, entry in raw_tensors.items():
-        check_tensor_name(name)
+        _checked_name(check_tensor_name, name, where)
         tw = f"{where}: tensor {name}"
         if not isinstance(entry, dict):
             raise FormatError(f"{tw}: entry is not a map")
@@ -395,8 +403,9 @@ def decode_manifest(data: bytes, where: str) -> Manifest:
             if not (isinstance(raw, list) and len(raw) == 4):
                 raise FormatError(f"{tw}: chunk {raw!r} is not [shard, offset, nbytes, crc32c]")
             shard, offset, nbytes, crc = raw
-            if shard not in shards:
-                check_shard_name(shard)
+            # A list or map here is unhashable: check the type before the lookup, not after.
+            if not isinstance(shard, str) or shard not in shards:
+                _checked_name(check_shard_name, shard, tw)
                 raise FormatError(f"{tw}: chunk names shard {shard!r}, which the manifest does not list")
             _int_in(offset, 0, MAX_SHARD_BYTES, "chunk offset", tw)
             _int_in(nbytes, 0, MAX_SHARD_BYTES, "chunk size", tw)
@@ -424,7 +433,7 @@ def decode_manifest(data: bytes, where: str) -> Manifest:
 
     scalars = _field(doc, "scalars", dict, where)
     for name, value in scalars.items():
-        check_tensor_name(name)
+        _checked_name(check_tensor_name, name, where)
         if name in tensors:
             raise FormatError(f"{where}: {name} is both a tensor and a scalar")
         if not isinstance(value, (bool, int, float, str)):
