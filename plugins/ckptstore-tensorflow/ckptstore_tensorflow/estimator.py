@@ -83,23 +83,8 @@ def from_run_config(
     save_policy, retention = _policies_from_run_config(**settings)
     if model_dir is None:
         model_dir = getattr(config, "model_dir", None)
-    store = _open_store(model_dir, storage_options, retention)
+    store = CheckpointStore(model_dir, storage_options=storage_options, retention=retention)
     return StoreCheckpointing(store, save_policy, retention, _local_dir_for(store))
-
-
-def _open_store(
-    model_dir: str | os.PathLike[str] | None,
-    storage_options: Mapping[str, Any] | None,
-    retention: RetentionPolicy,
-) -> CheckpointStore:
-    import inspect
-
-    accepted = inspect.signature(CheckpointStore).parameters
-    if "retention" in accepted:
-        return CheckpointStore(model_dir, storage_options=storage_options, retention=retention)
-    # This CheckpointStore cannot prune yet: keep every checkpoint rather than guess.
-    log.warning("this ckptstore version applies no retention policy; %s is not enforced", retention)
-    return CheckpointStore(model_dir, storage_options=storage_options)
 
 
 def _local_dir_for(store: CheckpointStore) -> str:

@@ -258,12 +258,6 @@ def test_hooks_alone_with_a_plain_estimator(tmp_path: Any, iris: Any) -> None:
 
 
 def test_keep_checkpoint_max_is_enforced_by_the_store(tmp_path: Any, iris: Any) -> None:
-    import inspect
-
-    from ckptstore import CheckpointStore
-
-    if "retention" not in inspect.signature(CheckpointStore).parameters:
-        pytest.skip("this CheckpointStore has no retention parameter yet")
     config = tf.estimator.RunConfig(save_checkpoints_steps=2, keep_checkpoint_max=2)
     clf = cst.estimator(
         tf.estimator.DNNClassifier,

@@ -117,10 +117,6 @@ def test_listener_stops_fit(tmp_path: Any, iris: Any) -> None:
 
 
 def test_retention_keeps_the_newest(tmp_path: Any, iris: Any) -> None:
-    import inspect
-
-    if "retention" not in inspect.signature(CheckpointStore).parameters:
-        pytest.skip("this CheckpointStore has no retention parameter yet")
     store = CheckpointStore(str(tmp_path / "k"), retention=KeepMax(2))
     fit(build(), iris, StoreCallback(store, save_freq=1))
     assert steps_in(store) == [BATCHES_PER_EPOCH - 1, BATCHES_PER_EPOCH]
