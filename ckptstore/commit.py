@@ -41,7 +41,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 
-from ckptstore.errors import AlreadyExists, CommitError, FormatError, NotFound, PreconditionFailed
+from ckptstore.errors import (
+    AlreadyExists,
+    CommitError,
+    FormatError,
+    NotFound,
+    PreconditionFailed,
+    StorageError,
+    Unsupported,
+)
 from ckptstore.format import (
     LATEST_KEY,
     MANIFEST_FILE,
@@ -185,10 +193,15 @@ def update_latest(storage: Storage, change: Callable[[Latest | None], Latest | N
             current, version = read_latest(storage)
             mode = version if version is not None else "create"
         except FormatError as e:
+            # Compare against what is committed instead of treating the pointer as absent: replacing a
+            # damaged LATEST blindly could move it backwards.
             log.warning("%s; it will be replaced", e)
-            current, version = None, storage.head(LATEST_KEY).version
+            version = storage.head(LATEST_KEY).version
             mode = version if version is not None else "overwrite"
-        new = change(current)
+            current = _newest_listed(storage)
+            new = change(current) or current
+        else:
+            new = change(current)
         if new is None:
             return current
         try:
@@ -214,9 +227,24 @@ def advance_latest(storage: Storage, pointer: Latest) -> Latest:
     return result
 
 
+def _newest_listed(storage: Storage) -> Latest | None:
+    """A pointer to the newest committed manifest that reads back intact, found by listing."""
+    for step in reversed(committed_steps(storage)):
+        try:
+            return latest_from_manifest(read_manifest(storage, step))
+        except (NotFound, FormatError) as e:
+            log.warning("skipping step %d: %s", step, e)
+    return None
+
+
 def resolve_latest(storage: Storage) -> Latest | None:
     """What LATEST names (one read), or — when it is missing or damaged — the newest committed manifest
-    found by listing, with a warning."""
+    found by listing, with a warning.
+
+    A missing or damaged LATEST is also rewritten to name that manifest (with the usual never-backwards
+    swap), so every reader sees the same, monotonic answer from then on; a reader without write access
+    just gets the answer.
+    """
     try:
         pointer, _ = read_latest(storage)
     except FormatError as e:
@@ -227,20 +255,19 @@ def resolve_latest(storage: Storage) -> Latest | None:
         damaged = False
     if pointer is not None:
         return pointer
-    steps = committed_steps(storage)
-    if not steps:
+    newest = _newest_listed(storage)
+    if newest is None:
         return None
     if not damaged:
         log.warning(
             "%s/%s is missing; using step %d, the newest committed checkpoint found by listing",
-            storage.url, LATEST_KEY, steps[-1],
+            storage.url, LATEST_KEY, newest.step,
         )
-    for step in reversed(steps):
-        try:
-            return latest_from_manifest(read_manifest(storage, step))
-        except (NotFound, FormatError) as e:
-            log.warning("skipping step %d: %s", step, e)
-    return None
+    try:
+        return advance_latest(storage, newest)
+    except (StorageError, Unsupported, CommitError) as e:
+        log.debug("could not repair %s/%s: %s", storage.url, LATEST_KEY, e)
+        return newest
 
 
 def roll_forward(storage: Storage) -> Latest | None:
