@@ -741,8 +741,9 @@ def plot(result: BenchResult, path: str | os.PathLike[str]) -> None:
         bars = ax.bar(xs, meds, width, yerr=[lo, hi], capsize=4, label=impl,
                       color=("#3b6ea5" if impl == "ckptstore" else "#b0b0b0"))
         for bar, med in zip(bars, meds, strict=True):
-            ax.annotate(f"{med:.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+            ax.annotate(f"{med:.0f}", (bar.get_x() + bar.get_width() / 2, 0), ha="center", va="bottom",
+                        fontsize=8, xytext=(0, 3), textcoords="offset points",
+                        color="white" if impl == "ckptstore" else "black")
     ax.set_xticks(range(len(ops)))
     ax.set_xticklabels([
         f"{OPERATION_LABELS[op]}\n{result.ratio(op):.2f}× raw" for op in ops

@@ -121,7 +121,10 @@ def _shape(shape: Sequence[int]) -> str:
 
 
 def _compact(value: Any, limit: int = 60) -> str:
-    text = json.dumps(value, default=repr, ensure_ascii=False) if not isinstance(value, str) else value
+    if isinstance(value, float):
+        text = f"{value:.6g}"
+    else:
+        text = value if isinstance(value, str) else json.dumps(_jsonable(value), default=repr, ensure_ascii=False)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -182,16 +185,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     note = sys.stderr if args.json else sys.stdout
+    bars: list[_Bar] = []
 
     def announce(url: str) -> None:
         fate = "kept afterwards" if args.keep else "removed afterwards; --keep keeps it"
         print(f"benchmarking in {url} ({fate})", file=note, flush=True)
+        bar = _progress_bar(args, config, url)
+        if bar is not None:
+            bars.append(bar)
 
-    bar = _progress_bar(args, config)
+    def progress(label: str) -> None:
+        for bar in bars:
+            bar.step(label)
+
     try:
-        result = bench.run(config, progress=bar.step if bar else None, announce=announce)
+        result = bench.run(config, progress=progress, announce=announce)
     finally:
-        if bar:
+        for bar in bars:
             bar.close()
     if args.json:
         print(bench.dumps(result))
@@ -215,7 +225,7 @@ class _Bar:
         self._bar.close()
 
 
-def _progress_bar(args: argparse.Namespace, config: bench.BenchConfig) -> _Bar | None:
+def _progress_bar(args: argparse.Namespace, config: bench.BenchConfig, url: str) -> _Bar | None:
     """A tqdm bar on stderr when it is a terminal and tqdm is installed; nothing otherwise."""
     if args.quiet or not sys.stderr.isatty():
         return None
@@ -223,7 +233,7 @@ def _progress_bar(args: argparse.Namespace, config: bench.BenchConfig) -> _Bar |
         from tqdm import tqdm
     except ImportError:
         return None
-    return _Bar(tqdm, bench.steps_per_run(config, config.url or "/tmp"))
+    return _Bar(tqdm, bench.steps_per_run(config, url))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,22 +245,24 @@ def cmd_ls(args: argparse.Namespace) -> int:
     with _open(args.url, _options(args, args.url)) as store:
         infos = store.list()
         latest = store.latest() if infos else None
+        pinned = store.pinned() if infos else frozenset()
     latest_step = latest.step if latest else None
     if args.json:
         _print_json([
             {"step": i.step, "time": i.time, "nbytes": i.nbytes, "num_tensors": i.num_tensors,
-             "latest": i.step == latest_step, "metadata": dict(i.metadata)}
+             "latest": i.step == latest_step, "pinned": i.step in pinned, "metadata": dict(i.metadata)}
             for i in infos
         ])
         return EXIT_OK
     if not infos:
         print(f"no committed checkpoints in {args.url}", file=sys.stderr)
         return EXIT_OK
-    rows = [["STEP", "SAVED (UTC)", "SIZE", "TENSORS", "LATEST", "METADATA"]]
+    rows = [["STEP", "SAVED (UTC)", "SIZE", "TENSORS", "LATEST", "PINNED", "METADATA"]]
     for i in infos:
         rows.append([str(i.step), _when(i.time), format_size(i.nbytes), str(i.num_tensors),
-                     "LATEST" if i.step == latest_step else "", _metadata_summary(i.metadata)])
-    print(format_table(rows, "><><<<"))
+                     "LATEST" if i.step == latest_step else "", "pinned" if i.step in pinned else "",
+                     _metadata_summary(i.metadata)])
+    print(format_table(rows, "><><<<<"))
     total = sum(i.nbytes for i in infos)
     print(f"{len(infos)} checkpoint(s), {format_size(total)}")
     return EXIT_OK
@@ -517,11 +529,105 @@ def cmd_cp(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# pin / unpin / prune / gc
+# ---------------------------------------------------------------------------------------------
+
+
+def _step_target(text: str) -> Target:
+    target = parse_target(text)
+    if target.step is None:
+        raise ValueError(f"name the step: {text}@STEP")
+    return target
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    target = _step_target(args.target)
+    with _open(target.url, _options(args, target.url)) as store:
+        if args.command == "pin":
+            store.pin(target.step)
+        else:
+            store.unpin(target.step)
+        pinned = sorted(store.pinned())
+    print(f"{args.command}ned step {target.step} in {target.url}; pinned now: "
+          f"{', '.join(map(str, pinned)) or 'none'}")
+    return EXIT_OK
+
+
+def parse_duration(text: str) -> float:
+    """``"90"`` (seconds), ``"30m"``, ``"12h"``, ``"7d"``, ``"2w"`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    body, unit = (text[:-1], text[-1]) if text and text[-1].lower() in units else (text, "s")
+    try:
+        value = float(body)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (examples: 3600, 30m, 12h, 7d)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a duration cannot be negative: {text!r}")
+    return value * units[unit.lower()]
+
+
+def _retention(args: argparse.Namespace) -> Any:
+    from ckptstore import policies
+
+    rules: list[Any] = []
+    if args.keep_max is not None or args.keep_every_n_hours is not None:
+        rules.append(policies.KeepMax(args.keep_max, every_n_hours=args.keep_every_n_hours))
+    if args.keep_best is not None:
+        if not args.metric:
+            raise ValueError("--keep-best needs --metric NAME (a numeric metadata key)")
+        rules.append(policies.KeepBest(args.keep_best, args.metric, args.mode))
+    if args.max_age is not None:
+        rules.append(policies.MaxAge(args.max_age))
+    if args.keep_every_n_steps is not None:
+        rules.append(policies.KeepEveryNSteps(args.keep_every_n_steps))
+    if args.keep_steps:
+        rules.append(policies.KeepSteps(args.keep_steps))
+    if not rules:
+        raise ValueError("give at least one retention rule (--keep-max, --keep-best, --max-age, "
+                         "--keep-every-n-steps, --keep-steps); see ckptstore prune --help")
+    return rules[0] if len(rules) == 1 else policies.any_of(*rules)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    policy = _retention(args)
+    with _open(args.url, _options(args, args.url)) as store:
+        before = {i.step: i for i in store.list()}
+        result = store.prune(dry_run=args.dry_run, retention=policy)
+        pinned = store.pinned()
+        latest = store.latest()
+    verb = "would delete" if result.dry_run else "deleted"
+    rows = [["STEP", "SAVED (UTC)", "SIZE", "DECISION"]]
+    deleted = set(result.deleted)
+    for step in sorted(set(result.kept) | deleted):
+        info = before.get(step)
+        why = verb if step in deleted else "keep" + (
+            " (LATEST)" if latest and latest.step == step else " (pinned)" if step in pinned else "")
+        rows.append([str(step), _when(info.time) if info else "?", format_size(info.nbytes) if info else "?", why])
+    if len(rows) > 1:
+        print(format_table(rows, "><><"))
+    freed = sum(before[s].nbytes for s in deleted if s in before)
+    print(f"{'dry run: ' if result.dry_run else ''}{verb} {len(deleted)} checkpoint(s) ({format_size(freed)}), "
+          f"kept {len(result.kept)}" + (f"; removed {len(result.garbage)} garbage object(s)" if result.garbage else ""))
+    return EXIT_OK
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    with _open(args.url, _options(args, args.url)) as store:
+        garbage = store.gc(grace_seconds=args.grace, dry_run=args.dry_run)
+    for key in garbage:
+        print(("would remove " if args.dry_run else "removed ") + key)
+    print(f"{'dry run: ' if args.dry_run else ''}{len(garbage)} garbage object(s) "
+          f"{'found' if args.dry_run else 'removed'} (uncommitted attempts and temp files older than "
+          f"{f'{args.grace:g} s' if args.grace is not None else 'the grace period'})")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
 # The parser
 # ---------------------------------------------------------------------------------------------
 
 DESCRIPTION = """\
-ckptstore: benchmark checkpoint storage, and inspect, verify and copy checkpoints on any backend.
+ckptstore: benchmark checkpoint storage, and inspect, verify, copy and prune checkpoints on any backend.
 
 URLs: a local path, file://, s3://bucket/prefix, gs://bucket/prefix, memory:// (this process only) or
 any fsspec URL. URL@STEP names one checkpoint; URL alone (or URL@latest) the one LATEST names.
@@ -570,6 +676,30 @@ examples:
 Lists removed (-) and added (+) tensors and shape/dtype changes (~): what a restore into the changed
 model would reject. Tensors with the same spec are compared by their chunk checksums. Exits 1 when
 names, shapes or dtypes differ.""",
+    "pin": """\
+examples:
+  ckptstore pin /tmp/model_dir@200            keep step 200 whatever the retention policy says
+  ckptstore pin s3://bucket/run7@1000 --option endpoint_url=http://127.0.0.1:9000""",
+    "unpin": """\
+examples:
+  ckptstore unpin /tmp/model_dir@200          let retention consider step 200 again""",
+    "prune": """\
+examples:
+  ckptstore prune /tmp/model_dir --keep-max 5 --dry-run      what would go
+  ckptstore prune /tmp/model_dir --keep-max 5 --keep-every-n-hours 2
+  ckptstore prune s3://bucket/run7 --keep-best 3 --metric loss --mode min --keep-max 2
+  ckptstore prune gs://bucket/run7 --max-age 7d --keep-max 3
+
+Rules combine as a union (a checkpoint any rule keeps stays). Never deleted: the step LATEST names,
+pinned steps, and steps the every-n-hours schedule preserved. Deletes remove the manifest first, so an
+interrupted prune leaves no half checkpoint; garbage collection runs afterwards.""",
+    "gc": """\
+examples:
+  ckptstore gc /tmp/model_dir --dry-run
+  ckptstore gc s3://bucket/run7 --grace 2h
+
+Removes uncommitted save attempts and temp files older than the grace period (default: the store's,
+1 hour); a writer still saving is never touched if the grace exceeds its longest save.""",
     "cp": """\
 examples:
   ckptstore cp /tmp/model_dir s3://bucket/run7 --option endpoint_url=http://127.0.0.1:9000
@@ -665,6 +795,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dst-option", action="append", type=parse_option, metavar="KEY=VALUE",
                    help="backend option for DST only (overrides --option)")
     p.set_defaults(func=cmd_cp)
+
+    for name, help_text in (("pin", "protect one checkpoint from retention"),
+                            ("unpin", "let retention consider a pinned checkpoint again")):
+        p = _subparser(sub, name, help_text, common)
+        p.add_argument("target", metavar="URL@STEP")
+        p.set_defaults(func=cmd_pin)
+
+    p = _subparser(sub, "prune", "delete checkpoints a retention policy does not keep", common)
+    p.add_argument("url", help="model_dir path or URL")
+    p.add_argument("--keep-max", type=_positive, metavar="N", help="keep the N newest")
+    p.add_argument("--keep-every-n-hours", type=float, metavar="H",
+                   help="with --keep-max: also keep one checkpoint every H hours (tf.train.CheckpointManager)")
+    p.add_argument("--keep-best", type=_positive, metavar="N", help="keep the N best by --metric")
+    p.add_argument("--metric", help="numeric metadata key for --keep-best")
+    p.add_argument("--mode", choices=("min", "max"), default="min", help="lower (min) or higher (max) is better")
+    p.add_argument("--max-age", type=parse_duration, metavar="AGE", help="keep checkpoints younger than AGE (7d, 12h)")
+    p.add_argument("--keep-every-n-steps", type=_positive, metavar="N", help="keep steps that are multiples of N")
+    p.add_argument("--keep-steps", type=int, nargs="+", metavar="STEP", help="keep these steps")
+    p.add_argument("--dry-run", action="store_true", help="show what would be deleted; delete nothing")
+    p.set_defaults(func=cmd_prune)
+
+    p = _subparser(sub, "gc", "remove leftovers of interrupted saves", common)
+    p.add_argument("url", help="model_dir path or URL")
+    p.add_argument("--grace", type=parse_duration, metavar="AGE",
+                   help="only objects older than this (default: 1h, the store's gc_grace_seconds)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    p.set_defaults(func=cmd_gc)
     return parser
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from ckptstore import CheckpointStore
 
-COMMANDS = ["bench", "ls", "show", "verify", "diff", "cp"]
+COMMANDS = ["bench", "ls", "show", "verify", "diff", "cp", "pin", "unpin", "prune", "gc"]
 
 
 def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -143,6 +143,7 @@ def test_ls_json(saved: Path) -> None:
     assert [d["step"] for d in doc] == [100, 200]
     assert [d["latest"] for d in doc] == [False, True]
     assert doc[0]["num_tensors"] == 6 and doc[0]["metadata"] == {"loss": 0.5}
+    assert doc[0]["pinned"] is False
 
 
 def test_ls_empty_dir(tmp_path: Path) -> None:
@@ -320,6 +321,69 @@ def test_s3_round_trip(saved: Path, tmp_path: Path, s3_moto: Any) -> None:
     doc = json.loads(bench.stdout)
     assert doc["not_measured"] == ["restore_cold"] and doc["cold_cache"]["method"] is None
     assert s3_moto.storage_options["secret"] not in bench.stdout  # option names only, never credentials
+
+
+# ---------------------------------------------------------------------------------------------
+# pin / unpin / prune / gc
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def six_steps(tmp_path: Path) -> Path:
+    md = tmp_path / "six"
+    with CheckpointStore(md) as store:
+        for step in range(100, 700, 100):
+            store.save(step, {"w": np.full(1000, step, np.float32)}, metadata={"loss": 1 / step})
+    return md
+
+
+def _steps(md: Path) -> list[int]:
+    return [d["step"] for d in json.loads(cli("ls", str(md), "--json").stdout)]
+
+
+def test_pin_prune_unpin(six_steps: Path) -> None:
+    assert cli("pin", f"{six_steps}@200").returncode == 0
+    ls = cli("ls", str(six_steps)).stdout
+    assert "pinned" in next(line for line in ls.splitlines() if line.lstrip().startswith("200 "))
+    dry = cli("prune", str(six_steps), "--keep-max", "2", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "would delete 3 checkpoint(s)" in dry.stdout and "keep (pinned)" in dry.stdout
+    assert _steps(six_steps) == [100, 200, 300, 400, 500, 600]  # a dry run deletes nothing
+    real = cli("prune", str(six_steps), "--keep-max", "2")
+    assert real.returncode == 0 and "deleted 3 checkpoint(s)" in real.stdout
+    assert _steps(six_steps) == [200, 500, 600]
+    assert cli("unpin", f"{six_steps}@200").returncode == 0
+    assert cli("prune", str(six_steps), "--keep-max", "2").returncode == 0
+    assert _steps(six_steps) == [500, 600]
+    assert cli("verify", str(six_steps), "--all").returncode == 0
+
+
+def test_prune_keep_best_union(six_steps: Path) -> None:
+    r = cli("prune", str(six_steps), "--keep-best", "1", "--metric", "loss", "--mode", "max", "--keep-max", "1")
+    assert r.returncode == 0, r.stderr
+    assert _steps(six_steps) == [100, 600]  # the highest loss, and the newest
+
+
+def test_prune_needs_a_rule_and_pin_needs_a_step(six_steps: Path) -> None:
+    r = cli("prune", str(six_steps))
+    assert r.returncode == 3 and "retention rule" in one_line_error(r)
+    r = cli("pin", str(six_steps))
+    assert r.returncode == 3 and "@STEP" in one_line_error(r)
+    r = cli("pin", f"{six_steps}@150")
+    assert r.returncode == 3 and "150" in one_line_error(r)
+
+
+def test_gc_removes_an_abandoned_attempt(six_steps: Path) -> None:
+    dead = six_steps / "step-000000000600" / "attempt-0123456789abcdef"
+    dead.mkdir()
+    (dead / "shard-00000.bin").write_bytes(b"x" * 10)
+    assert "0 garbage" in cli("gc", str(six_steps)).stdout  # younger than the default 1 h grace
+    dry = cli("gc", str(six_steps), "--grace", "0", "--dry-run")
+    assert "would remove step-000000000600/attempt-0123456789abcdef/shard-00000.bin" in dry.stdout
+    assert dead.exists()
+    assert cli("gc", str(six_steps), "--grace", "0").returncode == 0
+    assert not dead.exists()
+    assert cli("verify", str(six_steps), "--all").returncode == 0
 
 
 # ---------------------------------------------------------------------------------------------
