@@ -64,3 +64,13 @@ def test_local_temp_files_of_interrupted_puts_are_listed(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / ".tmp-x.123").write_bytes(b"partial")
     assert [o.key for o in s.list()] == ["d/.tmp-x.123"]
+
+
+def test_missing_optional_dependency_names_the_extra(monkeypatch):
+    import sys
+
+    for name in [m for m in sys.modules if m == "ckptstore.storage.s3" or m.startswith("boto3")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "boto3", None)  # makes "import boto3" raise ImportError
+    with pytest.raises(PluginError, match=r"pip install 'ckptstore\[s3\]'"):
+        open_storage("s3://bucket/run")
