@@ -242,8 +242,9 @@ class FaultProxy:
     """A tiny HTTP proxy on 127.0.0.1 that answers the first requests with faults, then passes through.
 
     ``faults`` is consumed in order, one per request: ``"503"`` (S3 ``SlowDown`` / a GCS JSON error),
-    ``"500"``, ``"reset"`` (close the connection without answering) or ``None`` (pass this one
-    through). With ``always`` set, that fault is served to every request after the list runs out. It
+    ``"500"``, ``"reset"`` (close the connection without answering), ``"lost-reply"`` (forward the
+    request, so the store applies it, then close the connection without answering) or ``None`` (pass
+    this one through). With ``always`` set, that fault is served to every request after the list runs out. It
     handles a bounded number of requests (``max_requests``) and then refuses, so a runaway retry loop
     cannot spin forever.
     """
@@ -289,7 +290,7 @@ class FaultProxy:
                     self.close_connection = True
                     self.connection.close()
                     return
-                if fault in ("503", "500", "refuse"):
+                if fault in ("503", "500", "refuse"):  # "lost-reply" is handled by _forward
                     status = 503 if fault in ("503", "refuse") else 500
                     code = "SlowDown" if status == 503 else "InternalError"
                     if self.path.startswith(("/storage/", "/upload/")):
@@ -307,9 +308,9 @@ class FaultProxy:
                     if self.command != "HEAD":
                         self.wfile.write(payload)
                     return
-                self._forward(body)
+                self._forward(body, drop_reply=fault == "lost-reply")
 
-            def _forward(self, body: bytes) -> None:
+            def _forward(self, body: bytes, drop_reply: bool = False) -> None:
                 import http.client
 
                 conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
@@ -322,6 +323,10 @@ class FaultProxy:
                     payload = resp.read()
                 finally:
                     conn.close()
+                if drop_reply:
+                    self.close_connection = True
+                    self.connection.close()
+                    return
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):

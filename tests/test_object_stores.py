@@ -145,6 +145,34 @@ def test_big_object_goes_up_in_parallel_parts_and_comes_back_in_parallel_ranges(
 
 
 @pytest.mark.parametrize("name", SERVERS)
+def test_an_object_replaced_mid_read_fails_instead_of_tearing(request, name):
+    """Ranges after the first are conditioned on the first one's version (rule 3: no torn reads)."""
+    part = _SMALL_PARTS[name]
+    s = _open(request, name, part_size=part, max_concurrency=2)
+    # Written in one request: fake-gcs-server keeps the old generation number when compose replaces an
+    # object, which would hide the replacement from any generation check.
+    writer = open_storage(s.url, **{**_server(request, name).storage_options, "part_size": 16 * MiB})
+    try:
+        writer.put("shard", _pattern(3 * part))
+        inner = s._read_range
+        calls = []
+
+        def replace_after_first(*args: Any) -> Any:
+            result = inner(*args)
+            if not calls:
+                writer.put("shard", _pattern(3 * part, 7))  # another writer replaces the object
+            calls.append(args)
+            return result
+
+        s._read_range = replace_after_first  # type: ignore[method-assign]
+        with pytest.raises(StorageError, match="replaced while being read"):
+            s.read_into("shard", 0, memoryview(bytearray(3 * part)))
+    finally:
+        s.close()
+        writer.close()
+
+
+@pytest.mark.parametrize("name", SERVERS)
 def test_generator_input_is_buffered_boundedly(request, name):
     """Small pieces from a generator are glued into parts, but never more than max_concurrency ahead."""
     part = _SMALL_PARTS[name]
@@ -184,7 +212,7 @@ def test_multipart_cas_is_enforced_on_s3(request, name):
         assert s.head("m").version == second.version
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason="fake-gcs-server ignores ifGenerationMatch on compose (real GCS "
+@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason="fake-gcs-server ignores ifGenerationMatch on compose, and keeps the old generation number when compose replaces an object (real GCS "
                    "enforces it); ckptstore's commits use single-request uploads, which it does enforce")
 def test_composite_create_is_enforced_on_gcs(request):
     s = _open(request, "gcs", part_size=256 * 1024)
@@ -348,6 +376,34 @@ def test_transient_faults_are_retried(request, name):
             s.read_into("k", 2, memoryview(out))
             assert out == b"ylo"
             assert proxy.faults_served == 8
+
+
+@pytest.mark.parametrize("name", ["s3-moto", "gcs"])
+def test_a_retried_conditional_write_that_had_landed_is_not_reported_lost(request, name):
+    """The store applies a create or swap but the reply is lost; the retry then meets our own write
+    (412). The backend must see that the object holds its bytes and report success, or a commit would
+    be refused as "committed by someone else"."""
+    server = _server(request, name)
+    policy = RetryPolicy(deadline=20, max_attempts=6, base_delay=0.01, max_delay=0.1)
+    part = _SMALL_PARTS[name]
+    with FaultProxy(server.endpoint) as proxy:
+        with _through(proxy, name, server, retry=policy, part_size=part) as s:
+            proxy.faults += ["lost-reply"]
+            created = s.put("LATEST", b"step 1", mode="create")
+            assert proxy.faults_served == 1 and s.get("LATEST") == b"step 1"
+            proxy.faults += ["lost-reply"]
+            swapped = s.put("LATEST", b"step 2", mode=created.version)
+            assert proxy.faults_served == 2 and s.get("LATEST") == b"step 2"
+            assert s.head("LATEST").version == swapped.version != created.version
+            with pytest.raises(AlreadyExists):  # someone else's bytes are still a lost race
+                proxy.faults += ["lost-reply"]
+                s.put("LATEST", b"other", mode="create")
+            if name != "gcs":  # multipart completion (GCS composes; fake-gcs ignores its condition)
+                blob = _pattern(2 * part + 5)
+                # create multipart, part 1, part 2, part 3, then the completion whose reply is lost
+                proxy.faults += [None, None, None, None, "lost-reply"]
+                s.put("big", blob, mode="create")
+                assert s.get("big") == blob
 
 
 @pytest.mark.parametrize("name", ["s3-moto", "gcs"])

@@ -31,6 +31,7 @@ import os
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 import asyncio  # noqa: E402
+import base64  # noqa: E402
 import json  # noqa: E402
 import threading  # noqa: E402
 import uuid  # noqa: E402
@@ -41,6 +42,7 @@ from typing import Any  # noqa: E402
 from urllib.parse import quote  # noqa: E402
 
 import aiohttp  # noqa: E402
+import crc32c  # noqa: E402
 import fsspec.asyn  # noqa: E402
 import gcsfs  # noqa: E402
 
@@ -302,8 +304,10 @@ class GCSStorage(StorageBase):
             self.head(key)
             return
         first = min(len(view), self.part_size)
-        # The first range fixes the generation; the rest are read in parallel with ifGenerationMatch on it,
-        # so an object replaced mid-read fails loudly instead of yielding a mix of two versions.
+        # The first range fixes the generation; the rest are read in parallel from that same generation
+        # (``generation=``, which fake-gcs-server honours too, unlike ``ifGenerationMatch`` on reads), so an
+        # object replaced mid-read fails loudly — or, in a versioned bucket, still reads consistently —
+        # instead of yielding a mix of two versions.
         gen = self._read_range(key, offset, view[:first], None)
         if first == len(view):
             return
@@ -315,7 +319,7 @@ class GCSStorage(StorageBase):
     def _read_range(self, key: str, offset: int, view: memoryview, generation: str | None) -> str | None:
         params: dict[str, Any] = {"alt": "media"}
         if generation:
-            params["ifGenerationMatch"] = generation
+            params["generation"] = generation
         headers = {"Range": f"bytes={offset}-{offset + len(view) - 1}"}
         holder: dict[str, str | None] = {}
 
@@ -345,9 +349,9 @@ class GCSStorage(StorageBase):
             done = retry_call(lambda: fsspec.asyn.sync(self.fs.loop, go), policy=self.retry,
                               is_transient=_is_transient, what=f"{self._where(key)} read")
         except _HttpStatus as e:
-            if e.status == 412:
+            if e.status == 404 and generation:
                 raise StorageError(f"{self._where(key)}: read failed: the object was replaced while being "
-                                   "read") from None
+                                   "read (or deleted)") from None
             if e.status == 404:
                 self._check_bucket("read", key)
             raise self._translate("read", key, e) from None
@@ -417,7 +421,11 @@ class GCSStorage(StorageBase):
             writer.append(aiohttp.payload.BytesPayload(view, content_type="application/octet-stream"))
             return writer
 
+        attempts = 0
+
         async def go() -> tuple[int, bytes, int]:
+            nonlocal attempts
+            attempts += 1
             return await self._arequest(
                 "POST", f"{self.fs._location}/upload/storage/v1/b/{quote(self.bucket, safe='')}/o",
                 {"uploadType": "multipart", **condition}, data=body())
@@ -427,6 +435,11 @@ class GCSStorage(StorageBase):
                                     is_transient=_is_transient, what=f"{self._where(key)} put")
         except _HttpStatus as e:
             if e.status == 412:
+                # A retried conditional upload can lose against our own first attempt, applied by the
+                # server but unanswered: read the object back and accept it if it holds our bytes.
+                landed = self._landed(name, view) if condition and attempts > 1 else None
+                if landed is not None:
+                    return landed
                 raise
             if e.status == 404:
                 self._check_bucket("put", key)
@@ -436,6 +449,18 @@ class GCSStorage(StorageBase):
         except Exception as e:
             raise self._translate("put", key, e) from None
         return json.loads(resp)
+
+    def _landed(self, name: str, view: memoryview) -> dict[str, Any] | None:
+        """The object's metadata if it holds exactly ``view`` (size and crc32c), else None."""
+        try:
+            _, body, _ = self._http("head", name, "GET", self._object_url(name))
+            meta = json.loads(body)
+        except Exception:  # no proof that the write landed
+            return None
+        ours = base64.b64encode(crc32c.crc32c(view).to_bytes(4, "big")).decode()
+        if int(meta.get("size", -1)) == len(view) and meta.get("crc32c") == ours:
+            return meta
+        return None
 
     def _put_composite(self, key: str, name: str, first: memoryview | bytes, second: memoryview | bytes,
                        rest: Iterator[memoryview | bytes], condition: dict[str, str]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ the object back before treating a lost race as someone else's commit.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 import time
@@ -32,6 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 import boto3
 import botocore.exceptions
 import botocore.session
+import urllib3.exceptions
 from botocore import UNSIGNED
 from botocore.config import Config
 
@@ -345,8 +347,7 @@ class S3Storage(StorageBase):
                               what=f"{self._where(key)} {op}")
         except CkptStoreError:
             raise  # already ours (raised inside an attempt)
-        except (RetriesExhausted, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
-                OSError, _ShortBody) as e:
+        except Exception as e:  # botocore, urllib3 (bodies read raw), OSError: all translated here
             code, _ = _error_code(e)
             if code == "PreconditionFailed":
                 raise  # the caller knows which condition it sent
@@ -441,7 +442,10 @@ class S3Storage(StorageBase):
                 done = 0
                 while done < len(view):
                     if raw is not None and hasattr(raw, "readinto"):
-                        n = raw.readinto(view[done:])
+                        try:
+                            n = raw.readinto(view[done:])
+                        except urllib3.exceptions.HTTPError as e:  # read timeout, protocol error
+                            raise _ShortBody(str(e)) from e
                     else:
                         chunk = body.read(min(len(view) - done, MiB))
                         n = len(chunk)
@@ -525,11 +529,43 @@ class S3Storage(StorageBase):
             raise
         return ObjectInfo(key, size, _version(etag), time.time())
 
+    def _conditional_call(self, op: str, key: str, s3key: str, send: Any, condition: dict[str, str],
+                          expected_etag: Any) -> dict[str, Any]:
+        """``send()`` under retries; a lost condition after a retried attempt is checked, not trusted.
+
+        A request whose answer was lost (reset, timeout, 5xx from a proxy after the store applied it) is
+        retried, and the retry then loses against our own first write. So when a retried conditional
+        write gets 412, the object is read back: if it holds exactly our bytes (same ETag as computed by
+        ``expected_etag()``), the write won. Identical bytes from another writer would also pass; for
+        ckptstore's manifests and pointers, which name a unique attempt, that cannot happen.
+        """
+        attempts = 0
+
+        def attempt() -> dict[str, Any]:
+            nonlocal attempts
+            attempts += 1
+            return send()
+
+        try:
+            return self._call(op, key, attempt)
+        except botocore.exceptions.ClientError:
+            if condition and attempts > 1:
+                try:
+                    expected = expected_etag()
+                    current = self._client.head_object(Bucket=self.bucket, Key=s3key, **self._extra_request_args)
+                    if expected and str(current.get("ETag", "")).strip('"') == expected:
+                        return current
+                except Exception:  # no proof that the write landed: report the lost condition
+                    pass
+            raise
+
     def _put_single(self, key: str, s3key: str, body: memoryview | bytes, condition: dict[str, str]) -> str:
         view = as_bytes_view(body)
-        resp = self._call("put", key, lambda: self._client.put_object(
-            Bucket=self.bucket, Key=s3key, Body=_ViewReader(view), **condition,
-            **self._extra_put_args, **self._extra_request_args))
+        resp = self._conditional_call(
+            "put", key, s3key,
+            lambda: self._client.put_object(Bucket=self.bucket, Key=s3key, Body=_ViewReader(view), **condition,
+                                            **self._extra_put_args, **self._extra_request_args),
+            condition, lambda: hashlib.md5(view, usedforsecurity=False).hexdigest())
         return str(resp.get("ETag", ""))
 
     def _put_multipart(self, key: str, s3key: str, first: memoryview | bytes, second: memoryview | bytes,
@@ -557,9 +593,12 @@ class S3Storage(StorageBase):
                     next(f for f in futures if not f.done()).result()
                 futures.append(pool.submit(self._upload_part, key, s3key, upload_id, number, part))
             done = wait_all(futures)
-            resp = self._call("put (complete multipart upload)", key, self._client.complete_multipart_upload,
-                              Bucket=self.bucket, Key=s3key, UploadId=upload_id,
-                              MultipartUpload={"Parts": done}, **condition, **self._extra_request_args)
+            resp = self._conditional_call(
+                "put (complete multipart upload)", key, s3key,
+                lambda: self._client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=s3key, UploadId=upload_id, MultipartUpload={"Parts": done},
+                    **condition, **self._extra_request_args),
+                condition, lambda: _multipart_etag([p["ETag"] for p in done]))
         except BaseException:
             for f in futures:
                 f.cancel()
@@ -594,6 +633,15 @@ class S3Storage(StorageBase):
 def _version(etag: Any) -> Version | None:
     # Unquoted: Ceph RGW matches If-Match only against the bare ETag; AWS, moto and SeaweedFS take both.
     return Version(str(etag).strip('"')) if etag else None
+
+
+def _multipart_etag(part_etags: list[str]) -> str | None:
+    """The ETag S3 gives a completed multipart upload: md5 of the parts' binary md5s, dash, part count."""
+    try:
+        digests = b"".join(bytes.fromhex(e.strip('"')) for e in part_etags)
+    except ValueError:
+        return None
+    return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(part_etags)}"
 
 
 def _timestamp(value: Any) -> float | None:
