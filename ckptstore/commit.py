@@ -53,6 +53,8 @@ from ckptstore.errors import (
 from ckptstore.format import (
     LATEST_KEY,
     MANIFEST_FILE,
+    MAX_LATEST_BYTES,
+    MAX_MANIFEST_BYTES,
     Latest,
     Manifest,
     decode_latest,
@@ -134,7 +136,8 @@ def commit_manifest(storage: Storage, manifest: Manifest, *, overwrite: bool) ->
 def read_manifest(storage: Storage, step: int) -> Manifest:
     key = manifest_key(step)
     try:
-        data = storage.get(key)
+        # Bounded read: a huge (or hostile) file is refused after at most the format's limit, not read whole.
+        data = storage.get(key, 0, MAX_MANIFEST_BYTES + 1)
     except NotFound:
         raise NotFound(f"{storage.url}: no committed checkpoint for step {step}") from None
     manifest = decode_manifest(data, f"{storage.url}/{key}")
@@ -164,7 +167,7 @@ def read_latest(storage: Storage) -> tuple[Latest | None, Version | None]:
     """The LATEST pointer and its version; ``(None, None)`` when absent. Raises ``FormatError`` if damaged."""
     try:
         info = storage.head(LATEST_KEY)
-        data = storage.get(LATEST_KEY)
+        data = storage.get(LATEST_KEY, 0, MAX_LATEST_BYTES + 1)
     except NotFound:
         return None, None
     return decode_latest(data, f"{storage.url}/{LATEST_KEY}"), info.version
