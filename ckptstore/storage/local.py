@@ -134,7 +134,12 @@ class LocalStorage(StorageBase):
             with open(path, "rb") as f:
                 if start:
                     f.seek(start)
-                return f.read() if end is None else f.read(max(0, end - (start or 0)))
+                if end is None:
+                    return f.read()
+                # Clamp to the file: read(n) allocates n bytes up front, and callers bound reads with
+                # generous limits (a 256 MiB cap on a 1 KiB manifest must not cost 256 MiB).
+                end = min(end, os.fstat(f.fileno()).st_size)
+                return f.read(max(0, end - (start or 0)))
         except IsADirectoryError:
             raise NotFound(f"{path}: not found (get; it is a directory)") from None
         except OSError as e:
