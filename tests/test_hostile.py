@@ -1,0 +1,216 @@
+"""Hostile checkpoints: a corpus of crafted manifests and LATEST pointers (``tests/hostile/``).
+
+Each manifest in the corpus sits at step 7 of an otherwise valid model_dir (a real 8 KiB shard beside
+it) and must be rejected with its specific ``FormatError`` before any shard byte is read, with no
+write, no key outside the step, and no allocation beyond what the real files justify. Each crafted
+LATEST must be refused with its specific error, and readers must fall back (with a warning) to the
+valid checkpoint found by listing. The storage is wrapped in ``FaultInjectingStorage`` only to record
+every call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ckptstore import CheckpointStore, commit
+from ckptstore.errors import CkptStoreError, FormatError, NotFound
+from ckptstore.format import LATEST_KEY, MAX_LATEST_BYTES, MAX_MANIFEST_BYTES, manifest_key, step_dir
+from ckptstore.storage.local import LocalStorage
+from ckptstore.testing import FaultInjectingStorage
+
+HOSTILE = Path(__file__).resolve().parent / "hostile"
+sys.path.insert(0, str(HOSTILE))
+
+import make_corpus  # noqa: E402
+
+CASES: dict[str, dict[str, str]] = json.loads((HOSTILE / "cases.json").read_text())
+MANIFEST_CASES = sorted(k for k in CASES if k.startswith("manifests/"))
+LATEST_CASES = sorted(k for k in CASES if k.startswith("latest/"))
+STEP = make_corpus.STEP
+SHARD_KEY = f"{step_dir(STEP)}/{make_corpus.SHARD}"
+ALLOCATION_BUDGET = 4 << 20  # bytes a rejected manifest may cost: far below any claimed size
+
+
+def _expected_state() -> dict[str, Any]:
+    return {
+        "a": np.arange(1024, dtype="<f4"),
+        "b": np.arange(512, dtype="<i8") * -3,
+        "global_step": STEP,
+    }
+
+
+def _build(root: Path, manifest: bytes | None = None, latest: bytes | None = None) -> None:
+    (root / step_dir(STEP) / make_corpus.SHARD).parent.mkdir(parents=True)
+    (root / SHARD_KEY).write_bytes((HOSTILE / "base-shard.bin").read_bytes())
+    if manifest is None:
+        manifest = (HOSTILE / "base-manifest.msgpack").read_bytes()
+    if latest is None:
+        latest = (HOSTILE / "base-latest.msgpack").read_bytes()
+    (root / manifest_key(STEP)).write_bytes(manifest)
+    (root / LATEST_KEY).write_bytes(latest)
+
+
+class Recorded:
+    def __init__(self, root: Path):
+        self.root = root
+        self.storage = FaultInjectingStorage(LocalStorage(root))
+        self.store = CheckpointStore(storage=self.storage, workers=1)
+
+    def data_reads(self) -> set[str]:
+        """Keys whose bytes were read."""
+        return {key for method, key in self.storage.calls if method in ("get", "read_into")}
+
+    def assert_stayed_inside(self) -> None:
+        """Only keys of this model_dir were touched, and the only write was a repaired LATEST."""
+        for method, key in self.storage.calls:
+            assert method == "list" or key == LATEST_KEY or key.startswith(f"{step_dir(STEP)}/"), (method, key)
+            assert method != "delete" and (method != "put" or key == LATEST_KEY), f"a reader wrote {key}"
+        if ("put", LATEST_KEY) in self.storage.calls:  # readers may repair a damaged LATEST, never break it
+            pointer, _ = commit.read_latest(self.storage.inner)
+            assert pointer is not None and pointer.step == STEP and pointer.manifest == manifest_key(STEP)
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Iterator[Path]:
+    """A file beside the model_dir that traversal keys would reach; it must be neither read nor changed."""
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"do not read")
+    before = os.stat(secret)
+    yield secret
+    after = os.stat(secret)
+    assert secret.read_bytes() == b"do not read"
+    assert (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size)
+
+
+def test_committed_corpus_is_what_make_corpus_generates() -> None:
+    make_corpus.MANIFEST_CASES.clear()
+    make_corpus.LATEST_CASES.clear()
+    make_corpus.build()
+    generated = {f"manifests/{n}.msgpack": c for n, c in make_corpus.MANIFEST_CASES.items()}
+    generated |= {f"latest/{n}.msgpack": c for n, c in make_corpus.LATEST_CASES.items()}
+    assert set(generated) == set(CASES)
+    for rel, (data, error, why) in generated.items():
+        assert (HOSTILE / rel).read_bytes() == data, f"{rel} is stale: run tests/hostile/make_corpus.py"
+        assert CASES[rel] == {"error": error, "why": why}
+    assert len(MANIFEST_CASES) >= 60 and len(LATEST_CASES) >= 10
+
+
+def test_base_checkpoint_restores(tmp_path: Path) -> None:
+    """The control: without the hostile edit the same harness restores the checkpoint exactly."""
+    _build(tmp_path)
+    r = Recorded(tmp_path)
+    restored = r.store.restore(step=STEP)
+    expected = _expected_state()
+    assert set(restored) == set(expected)
+    for name in ("a", "b"):
+        assert restored[name].dtype == expected[name].dtype
+        assert restored[name].tobytes() == expected[name].tobytes()
+    assert restored["global_step"] == STEP
+    assert SHARD_KEY in r.data_reads()  # so the "no shard read" checks below can fail
+
+
+@pytest.mark.parametrize("case", MANIFEST_CASES, ids=lambda c: c.split("/")[1][: -len(".msgpack")])
+def test_hostile_manifest_is_rejected_before_any_data_is_read(tmp_path: Path, outside: Path, case: str) -> None:
+    root = tmp_path / "model_dir"
+    _build(root, manifest=(HOSTILE / case).read_bytes())
+    r = Recorded(root)
+    tracemalloc.start()
+    try:
+        with pytest.raises(FormatError) as exc:
+            r.store.restore(step=STEP)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    message = str(exc.value)
+    assert re.search(CASES[case]["error"], message), f"{case}: {message}"
+    assert message.startswith(r.storage.url + "/"), message  # it names the file
+    assert peak < ALLOCATION_BUDGET, f"{case}: {peak} bytes allocated to reject it"
+    assert SHARD_KEY not in r.data_reads(), f"{case}: shard bytes were read"
+    r.assert_stayed_inside()
+    # Every other way in refuses it too.
+    if manifest_key(STEP) in message:  # refused by the validator: the step is not a checkpoint at all
+        with pytest.raises(FormatError):
+            r.store.manifest(STEP)
+        with pytest.raises(NotFound, match="no intact committed checkpoint"):
+            r.store.restore()
+        assert r.store.list() == []
+    else:  # a valid manifest whose shard does not match it: refused when the shard is checked
+        with pytest.raises(FormatError, match=CASES[case]["error"]):
+            r.store.restore()
+    assert SHARD_KEY not in r.data_reads()
+    r.assert_stayed_inside()
+
+
+@pytest.mark.parametrize("case", LATEST_CASES, ids=lambda c: c.split("/")[1][: -len(".msgpack")])
+def test_hostile_latest_is_refused_and_readers_fall_back(
+    tmp_path: Path, outside: Path, case: str, caplog: Any
+) -> None:
+    root = tmp_path / "model_dir"
+    _build(root, latest=(HOSTILE / case).read_bytes())
+    r = Recorded(root)
+    with pytest.raises(FormatError) as exc:
+        commit.read_latest(r.storage)
+    assert re.search(CASES[case]["error"], str(exc.value)), f"{case}: {exc.value}"
+    with caplog.at_level(logging.WARNING, logger="ckptstore"):
+        latest = r.store.latest()
+        restored = r.store.restore()
+    assert latest is not None and latest.step == STEP
+    assert restored["a"].tobytes() == _expected_state()["a"].tobytes()
+    assert re.search(CASES[case]["error"], caplog.text) and "falling back" in caplog.text, caplog.text
+    r.assert_stayed_inside()
+
+
+def test_hostile_latest_is_replaced_by_the_next_save(tmp_path: Path) -> None:
+    root = tmp_path / "model_dir"
+    _build(root, latest=(HOSTILE / "latest/manifest-traversal.msgpack").read_bytes())
+    store = CheckpointStore(root)
+    store.save(8, {"w": np.ones(3)})
+    pointer, _ = commit.read_latest(store.storage)
+    assert pointer is not None and pointer.step == 8 and pointer.manifest == manifest_key(8)
+
+
+@pytest.mark.parametrize("key,limit", [(LATEST_KEY, MAX_LATEST_BYTES), (manifest_key(STEP), MAX_MANIFEST_BYTES)])
+def test_a_huge_file_is_refused_without_reading_it_whole(tmp_path: Path, key: str, limit: int, caplog: Any) -> None:
+    """A 2 GiB (sparse) LATEST or manifest costs at most the format's size limit in memory, not 2 GiB."""
+    root = tmp_path / "model_dir"
+    _build(root)
+    with open(root / key, "r+b") as f:
+        f.truncate(2 << 30)
+    r = Recorded(root)
+    tracemalloc.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="ckptstore"), pytest.raises(CkptStoreError):
+            r.store.restore(step=STEP) if key != LATEST_KEY else commit.read_latest(r.storage)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= limit + ALLOCATION_BUDGET, f"{peak} bytes allocated for a {limit}-byte limit"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LocalStorage follows symlinks inside the model_dir (reported; a policy decision for the storage "
+    "layer: O_NOFOLLOW plus a realpath-under-root check, or documenting that a model_dir must be trusted)",
+)
+def test_a_symlinked_shard_is_not_followed_out_of_the_model_dir(tmp_path: Path, outside: Path) -> None:
+    """A model_dir from a stranger (an unpacked tarball) may hold symlinks; restore must not follow them out."""
+    root = tmp_path / "model_dir"
+    _build(root)
+    shard = root / SHARD_KEY
+    target = tmp_path / "outside-shard.bin"
+    target.write_bytes(shard.read_bytes())  # same bytes, so only the escape itself can fail the restore
+    shard.unlink()
+    shard.symlink_to(target)
+    with pytest.raises(CkptStoreError):
+        Recorded(root).store.restore(step=STEP)
