@@ -501,6 +501,8 @@ class CheckpointStore:
     # -- reading ---------------------------------------------------------------------------------
     def latest(self) -> CheckpointInfo | None:
         """The newest committed checkpoint (LATEST, checked against one listing), or None when there is none."""
+        # Trainers resume from latest(): it must see a checkpoint committed just before a crash, like restore().
+        self._roll_forward_once()
         pointer = commit.resolve_latest(self._storage)
         return None if pointer is None else CheckpointInfo.from_latest(pointer)
 
