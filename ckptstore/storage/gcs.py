@@ -15,7 +15,10 @@ Writes: an object up to ``part_size`` is one multipart-upload request carrying `
 components under ``<dir>/.tmp-<name>.<random>.part-NNNNN`` and then composed into place by one
 ``compose`` request carrying the same condition (GCS composes at most 32 sources per request, so more
 parts are composed in rounds), after which the components are deleted. Components of an interrupted
-upload stay listed (like the local backend's temp files) so garbage collection can find them.
+upload stay listed (like the local backend's temp files) so garbage collection can find them. A retried
+single-request conditional upload that meets a 412 reads the object back and accepts it when size and
+crc32c match what was sent (the first attempt landed but its reply was lost). Reads of several ranges
+pin the generation the first range saw, so a replaced object fails the read instead of tearing it.
 
 Emulator gap (tests say so explicitly): fake-gcs-server honours ``ifGenerationMatch`` on multipart
 uploads but not on deletes or resumable uploads; this backend uses neither for conditional writes.
@@ -32,6 +35,7 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 import asyncio  # noqa: E402
 import base64  # noqa: E402
+import concurrent.futures  # noqa: E402
 import json  # noqa: E402
 import threading  # noqa: E402
 import uuid  # noqa: E402
@@ -497,12 +501,17 @@ class GCSStorage(StorageBase):
         finally:
             for f in futures:
                 f.cancel()
-            for temp in temps:
+            # Let components already on the wire finish first, so none lands after its deletion.
+            concurrent.futures.wait(futures)
+
+            def remove(temp: str) -> None:
                 try:
                     self._http("delete (upload component)", key, "DELETE", self._object_url(temp),
                                ok_statuses=(404,))
                 except Exception:  # best effort: leftovers are listed and collected as garbage later
                     pass
+
+            concurrent.futures.wait([pool.submit(remove, t) for t in temps])
 
     def _compose(self, key: str, dest: str, sources: list[str], condition: dict[str, str]) -> dict[str, Any]:
         body = {"sourceObjects": [{"name": s} for s in sources],

@@ -13,14 +13,15 @@ race, whatever the server's dialect), switch botocore's retries off and run our 
 ``endpoint_url``, ``client_kwargs``, ``config_kwargs``, ``s3_additional_kwargs``, ``profile``,
 ``requester_pays``, ``use_ssl``), so a URL plus options moves between the two unchanged.
 
-Limits: at most 10,000 parts per object (160 GiB with the default 16 MiB parts). If a create-only or
-compare-and-swap put is retried after an ambiguous failure (the request may have been applied but the
-answer was lost), the retry can report a lost race for a write that in fact won; the commit layer reads
-the object back before treating a lost race as someone else's commit.
+A conditional write whose reply was lost (timeout, reset) is retried, and the retry meets our own
+first write with a 412; such a 412 is checked by reading the ETag back and comparing it with the MD5
+of what we sent (for multipart uploads, S3's md5-of-part-md5s), so a commit that landed is not reported
+as lost. Limits: at most 10,000 parts per object (160 GiB with the default 16 MiB parts).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
 import threading
@@ -602,6 +603,8 @@ class S3Storage(StorageBase):
         except BaseException:
             for f in futures:
                 f.cancel()
+            # Let parts already on the wire finish first, so none lands after the abort.
+            concurrent.futures.wait(futures)
             try:
                 self._client.abort_multipart_upload(Bucket=self.bucket, Key=s3key, UploadId=upload_id)
             except Exception:  # best effort: a bucket lifecycle rule should reap abandoned uploads
