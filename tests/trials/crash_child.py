@@ -1,14 +1,14 @@
 """The writer that crash trials kill: saves checkpoints in a loop into one local model_dir.
 
-Run as a *zygote*: it imports numpy and ckptstore once, then for every ``run MODEL_DIR SEED`` line on
-stdin forks a writer process, reports ``<pid> FORKED``, waits for it and reports ``<pid> EXIT
-<status>`` once the kernel has reaped it (so the parent only inspects the model_dir after every
-syscall of the killed writer has finished). Forking a warm process keeps a trial at a few
+Run as a *zygote*: it imports numpy and ckptstore once, then for every ``run MODEL_DIR SEED MAX_SAVES
+KEEP_MAX`` line on stdin forks a writer process, reports ``<pid> FORKED``, waits for it and reports
+``<pid> EXIT <status>`` once the kernel has reaped it (so the parent only inspects the model_dir after
+every syscall of the killed writer has finished). Forking a warm process keeps a trial at a few
 milliseconds instead of a fresh interpreter's ~0.3 s, which is what makes hundreds of trials fit
 into the regular suite.
 
-A writer resumes like a preempted training job: it starts at ``latest().step + 1`` and saves step
-after step, writing ``<pid> B <step>`` before and ``<pid> D <step> <seconds>`` after each save, with
+A writer resumes like a preempted training job: it reports ``<pid> R <latest().step>``, starts at
+the step after it and saves step after step (pruning to KEEP_MAX after each when KEEP_MAX > 0), writing ``<pid> B <step>`` before and ``<pid> D <step> <seconds>`` after each save, with
 ``os.write`` so nothing sits in a buffer when SIGKILL arrives. The state saved at a step is a pure
 function of the step (``state_for``), so the parent can check any restored checkpoint bit for bit.
 """
@@ -61,10 +61,13 @@ def _say(line: str) -> None:
     os.write(1, (line + "\n").encode())
 
 
-def writer(model_dir: str, seed: int, max_saves: int) -> int:
+def writer(model_dir: str, seed: int, max_saves: int, keep_max: int) -> int:
     pid = os.getpid()
     rng = np.random.default_rng(seed)
-    store = ckptstore.CheckpointStore(model_dir, **STORE_OPTIONS)
+    # keep_max > 0: every save also prunes to the newest keep_max and collects garbage at once (one
+    # writer per model_dir, so a grace period of 0 is safe), so kills land inside prune and gc too.
+    retention: dict[str, Any] = dict(keep_max=keep_max, gc_grace_seconds=0) if keep_max else {}
+    store = ckptstore.CheckpointStore(model_dir, **STORE_OPTIONS, **retention)
     latest = store.latest()
     step = latest.step + 1 if latest is not None else 1
     _say(f"{pid} R {latest.step if latest is not None else -1}")
@@ -89,12 +92,12 @@ def zygote() -> None:
             continue
         if parts[0] == "quit":
             break
-        _, model_dir, seed, max_saves = parts
+        _, model_dir, seed, max_saves, keep_max = parts
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                code = writer(model_dir, int(seed), int(max_saves))
+                code = writer(model_dir, int(seed), int(max_saves), int(keep_max))
             except BaseException as e:  # report, never fall back into the zygote loop
                 _say(f"{os.getpid()} X {type(e).__name__}: {e}".replace("\n", " "))
             finally:

@@ -49,6 +49,7 @@ from ckptstore.format import LATEST_KEY, MANIFEST_FILE, parse_step_dir  # noqa: 
 
 CHILD = Path(__file__).resolve().parent / "crash_child.py"
 TRIALS_PER_DIR = 25
+PRUNE_KEEP = 3  # every other model_dir is written with keep_max=PRUNE_KEEP (prune + gc after each save)
 EVENT_TIMEOUT = 60.0  # a writer that says nothing for this long is hung: fail, don't wait forever
 
 
@@ -66,6 +67,9 @@ class TrialStats:
     inflight_shards_only: int = 0  # killed after some shard bytes were written, before the manifest
     inflight_committed: int = 0  # killed after the manifest commit, before save() returned
     latest_lagging: int = 0  # ... and before LATEST moved: LATEST one save behind the newest manifest
+    resumed_past_stale_latest: int = 0  # a writer resumed from a committed step LATEST did not name yet
+    prune_mode_trials: int = 0  # trials whose writer pruned (keep_max) and collected garbage after every save
+    max_committed: int = 0  # most checkpoints committed at once in prune mode (a kill may precede the prune)
     restores_checked: int = 0
     leftover_files: int = 0  # garbage seen after the last trial of each model_dir
     leftover_bytes: int = 0
@@ -80,8 +84,10 @@ class TrialStats:
             f"save {self.killed_before_first_save}; {self.acknowledged_saves} acknowledged saves; in-flight "
             f"saves that left shards only {self.inflight_shards_only}, found committed "
             f"{self.inflight_committed} (LATEST still behind them {self.latest_lagging}); "
-            f"{self.restores_checked} bit-exact restores; leftovers {self.leftover_files} files / "
-            f"{self.leftover_bytes} bytes"
+            f"{self.resumed_past_stale_latest} resumes from a step LATEST did not name yet; "
+            f"{self.prune_mode_trials} trials pruning to keep_max={PRUNE_KEEP} (most committed at once "
+            f"{self.max_committed}); {self.restores_checked} bit-exact restores; leftovers after each "
+            f"model_dir's recovery run: {self.leftover_files} files / {self.leftover_bytes} bytes"
         )
 
 
@@ -176,14 +182,18 @@ def classify_files(root: Path, committed: dict[int, Any]) -> tuple[int, int]:
 class ModelDirHistory:
     """What the parent knows about one model_dir from the markers of every writer it killed."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, keep_max: int):
         self.root = root
+        self.keep_max = keep_max  # 0: keep everything; else writers prune (and gc) after every save
         self.acknowledged: set[int] = set()
         self.maybe: set[int] = set()  # steps in flight when a writer died
         self.latest_seen = -1
+        self.pointer_step = -1  # what LATEST names now
+        self.newest = -1  # the newest committed step now (what a resuming writer must continue after)
         self.verified: set[int] = set()
 
     def verify(self, stats: TrialStats, inflight: int | None, where: str) -> None:
+        """Check the model_dir without changing it, so the next writer meets exactly what the killed one left."""
         store = ckptstore.CheckpointStore(self.root, **STORE_OPTIONS)
         try:
             self._verify(store, stats, inflight, where)
@@ -191,42 +201,59 @@ class ModelDirHistory:
             store.close()
 
     def _verify(self, store: ckptstore.CheckpointStore, stats: TrialStats, inflight: int | None, where: str) -> None:
-        steps = commit.committed_steps(store.storage)
-        manifests = {s: commit.read_manifest(store.storage, s) for s in steps}
-        missing = self.acknowledged - set(steps)
+        storage = store.storage
+        steps = commit.committed_steps(storage)
+        # Every visible step is whole: its manifest decodes (and below, its tensors restore), also right
+        # after a prune was killed between deleting a manifest and its shards.
+        manifests = {s: commit.read_manifest(storage, s) for s in steps}
+        if self.keep_max:
+            stats.max_committed = max(stats.max_committed, len(steps))
+        pointer, _ = commit.read_latest(storage)
+        if inflight is not None and inflight in manifests:
+            stats.inflight_committed += 1
+            stats.latest_lagging += pointer is None or pointer.step < inflight
+        elif inflight is not None and any(o.key.startswith(f"{commit.step_dir(inflight)}/attempt-")
+                                          for o in storage.list(commit.step_dir(inflight) + "/")):
+            stats.inflight_shards_only += 1
+        if self.keep_max:
+            # Retention may drop old steps, never one of the newest keep_max (acknowledged or not).
+            floor = steps[-self.keep_max] if len(steps) >= self.keep_max else -1
+            missing = {a for a in self.acknowledged if a >= floor} - set(steps)
+        else:
+            missing = self.acknowledged - set(steps)
         if missing:
             raise TrialFailure(f"{where}: acknowledged saves {sorted(missing)} are no longer committed")
         strangers = set(steps) - self.acknowledged - self.maybe
         if strangers:
             raise TrialFailure(f"{where}: steps {sorted(strangers)} are committed but no writer saved them")
-        pointer, _ = commit.read_latest(store.storage)
-        if inflight is not None and inflight in manifests:
-            stats.inflight_committed += 1
-            stats.latest_lagging += pointer is None or pointer.step < inflight
-        elif inflight is not None and any(o.key.startswith(f"{commit.step_dir(inflight)}/attempt-")
-                                          for o in store.storage.list(commit.step_dir(inflight) + "/")):
-            stats.inflight_shards_only += 1
-        latest = store.latest()
-        if latest is None:
+        if not steps:
             if self.acknowledged:
-                raise TrialFailure(f"{where}: LATEST is gone although saves were acknowledged")
+                raise TrialFailure(f"{where}: every checkpoint is gone although saves were acknowledged")
             return
-        if latest.step not in manifests:
-            raise TrialFailure(f"{where}: LATEST names step {latest.step}, which is not committed")
-        if self.acknowledged and latest.step < max(self.acknowledged):
-            raise TrialFailure(f"{where}: LATEST {latest.step} lags acknowledged save {max(self.acknowledged)}")
-        if latest.step < self.latest_seen:
-            raise TrialFailure(f"{where}: LATEST moved back from {self.latest_seen} to {latest.step}")
-        self.latest_seen = latest.step
-        if dict(latest.metadata) != metadata_for(latest.step):
-            raise TrialFailure(f"{where}: LATEST metadata {latest.metadata} is not step {latest.step}'s")
-        check_state(store.restore(), latest.step, f"{where}: restore() of LATEST step {latest.step}")
-        stats.restores_checked += 1
-        for step in sorted(set(steps) - self.verified):
+        if pointer is None:
+            if self.acknowledged:
+                raise TrialFailure(f"{where}: LATEST is missing although saves were acknowledged")
+            # The very first save was killed between its manifest and the first LATEST: readers list.
+            check_state(store.restore(step=steps[-1]), steps[-1], f"{where}: restore(step={steps[-1]})")
+            self.pointer_step, self.newest = -1, steps[-1]
+            return
+        if pointer.step not in manifests:
+            raise TrialFailure(f"{where}: LATEST names step {pointer.step}, which is not committed")
+        if self.acknowledged and pointer.step < max(self.acknowledged):
+            raise TrialFailure(f"{where}: LATEST {pointer.step} lags acknowledged save {max(self.acknowledged)}")
+        if pointer.step < self.latest_seen:
+            raise TrialFailure(f"{where}: LATEST moved back from {self.latest_seen} to {pointer.step}")
+        self.latest_seen = pointer.step
+        if dict(pointer.metadata) != metadata_for(pointer.step):
+            raise TrialFailure(f"{where}: LATEST metadata {pointer.metadata} is not step {pointer.step}'s")
+        for step in [pointer.step, steps[-1], *sorted(set(steps) - self.verified)]:
             check_state(store.restore(step=step), step, f"{where}: restore(step={step})")
             stats.restores_checked += 1
             self.verified.add(step)
         classify_files(self.root, manifests)
+        after, _ = commit.read_latest(storage)  # in case a reader repaired it
+        self.pointer_step = after.step if after is not None else -1
+        self.newest = steps[-1]
 
 
 def run_writer(
@@ -240,7 +267,7 @@ def run_writer(
     max_saves: int,
 ) -> int | None:
     """Run one writer (killed at a random moment when ``kill``); return the step in flight at death."""
-    zygote.send(f"run {history.root} {int(rng.integers(1 << 31))} {max_saves}")
+    zygote.send(f"run {history.root} {int(rng.integers(1 << 31))} {max_saves} {history.keep_max}")
     _, (pid_s, kind, *_rest) = zygote.next_event()
     if kind.strip() != "FORKED":
         raise TrialFailure(f"zygote said {pid_s} {kind} instead of FORKED")
@@ -278,6 +305,15 @@ def run_writer(
             status = int(rest[0])
         elif kind == "R":
             last = "R"
+            resumed = int(rest[0])
+            # A writer resumes from the newest committed checkpoint, even when LATEST still names an
+            # older one (its predecessor died between the manifest commit and the LATEST update).
+            if resumed != history.newest:
+                raise TrialFailure(
+                    f"writer {pid} resumed from step {resumed}; the newest committed step is {history.newest} "
+                    f"(LATEST names {history.pointer_step})"
+                )
+            stats.resumed_past_stale_latest += history.newest > history.pointer_step
         elif kind == "B":
             last, inflight = "B", int(rest[0])
             begins += 1
@@ -315,9 +351,11 @@ def run_trials(
     try:
         while stats.trials < trials:
             stats.model_dirs += 1
-            history = ModelDirHistory(workdir / f"model_dir-{stats.model_dirs:04d}")
+            keep = PRUNE_KEEP if stats.model_dirs % 2 == 0 else 0
+            history = ModelDirHistory(workdir / f"model_dir-{stats.model_dirs:04d}", keep)
             for _ in range(min(TRIALS_PER_DIR, trials - stats.trials)):
                 stats.trials += 1
+                stats.prune_mode_trials += bool(keep)
                 where = f"trial {stats.trials} (seed {seed}, {history.root.name})"
                 inflight = run_writer(zygote, history, rng, stats, est_save, kill=True, max_saves=10_000)
                 history.verify(stats, inflight, where)
@@ -327,7 +365,15 @@ def run_trials(
             history.verify(stats, None, f"recovery run of {history.root.name}")
             with ckptstore.CheckpointStore(history.root, **STORE_OPTIONS) as store:
                 manifests = {s: commit.read_manifest(store.storage, s) for s in commit.committed_steps(store.storage)}
+                latest = store.latest()  # the public API agrees with what the trials checked
+                if latest is None or latest.step != max(manifests):
+                    raise TrialFailure(f"{history.root.name}: latest() is {latest}, newest step {max(manifests)}")
+                check_state(store.restore(), latest.step, f"{history.root.name}: restore()")
+            if keep and len(manifests) > keep:
+                raise TrialFailure(f"{history.root.name}: {len(manifests)} checkpoints kept, keep_max={keep}")
             files, nbytes = classify_files(history.root, manifests)
+            if keep and files:
+                raise TrialFailure(f"{history.root.name}: {files} leftover files survived gc(grace 0)")
             stats.leftover_files += files
             stats.leftover_bytes += nbytes
             if progress:
