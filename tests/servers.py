@@ -243,14 +243,15 @@ class FaultProxy:
 
     ``faults`` is consumed in order, one per request: ``"503"`` (S3 ``SlowDown`` / a GCS JSON error),
     ``"500"``, ``"reset"`` (close the connection without answering), ``"lost-reply"`` (forward the
-    request, so the store applies it, then close the connection without answering) or ``None`` (pass
-    this one through). With ``always`` set, that fault is served to every request after the list runs out. It
+    request, so the store applies it, then close the connection without answering), ``"stall"`` (say
+    nothing for ``stall_seconds``, then close: a client read timeout) or ``None`` (pass this one
+    through). With ``always`` set, that fault is served to every request after the list runs out. It
     handles a bounded number of requests (``max_requests``) and then refuses, so a runaway retry loop
     cannot spin forever.
     """
 
     def __init__(self, upstream: str, faults: list[str | None] | None = None, always: str | None = None,
-                 max_requests: int = 500):
+                 max_requests: int = 500, stall_seconds: float = 2.0):
         import http.server
         import threading
         from urllib.parse import urlsplit
@@ -259,6 +260,7 @@ class FaultProxy:
         self.faults = list(faults or [])
         self.always = always
         self.max_requests = max_requests
+        self.stall_seconds = stall_seconds
         self.requests = 0
         self.faults_served = 0
         self._lock = threading.Lock()
@@ -286,7 +288,9 @@ class FaultProxy:
             def _handle(self) -> None:
                 body = self._body()
                 fault = proxy._next_fault()
-                if fault == "reset":
+                if fault == "stall":
+                    time.sleep(proxy.stall_seconds)
+                if fault in ("reset", "stall"):
                     self.close_connection = True
                     self.connection.close()
                     return

@@ -379,6 +379,19 @@ def test_transient_faults_are_retried(request, name):
 
 
 @pytest.mark.parametrize("name", ["s3-moto", "gcs"])
+def test_a_silent_server_times_out_and_is_retried(request, name):
+    server = _server(request, name)
+    policy = RetryPolicy(deadline=20, max_attempts=4, base_delay=0.01, max_delay=0.1)
+    with FaultProxy(server.endpoint, stall_seconds=1.5) as proxy:
+        with _through(proxy, name, server, retry=policy, read_timeout=0.5) as s:
+            s.put("k", b"v")
+            proxy.faults += ["stall"]
+            t0 = time.monotonic()
+            assert s.get("k") == b"v"
+            assert proxy.faults_served == 1 and time.monotonic() - t0 < 1.4  # gave up on the stall early
+
+
+@pytest.mark.parametrize("name", ["s3-moto", "gcs"])
 def test_a_retried_conditional_write_that_had_landed_is_not_reported_lost(request, name):
     """The store applies a create or swap but the reply is lost; the retry then meets our own write
     (412). The backend must see that the object holds its bytes and report success, or a commit would
@@ -501,6 +514,21 @@ def test_fsspec_cache_options_are_accepted(s3_moto):
                       use_listings_cache=False) as s:
         s.put("x", b"1")
         assert s.get("x") == b"1"
+
+
+def test_anonymous_access_and_additional_put_arguments(s3_moto):
+    """``s3_additional_kwargs`` reach every upload (here a public-read ACL), and ``anon=True`` sends
+    unsigned requests that can read such an object but not a private one."""
+    with open_storage(_url(s3_moto, "s3-moto"), **s3_moto.storage_options,
+                      s3_additional_kwargs={"ACL": "public-read"}) as s:
+        s.put("public", b"hello")
+        url = s.url
+    with open_storage(url, **s3_moto.storage_options) as s:
+        s.put("private", b"secret")
+    with open_storage(url, anon=True, endpoint_url=s3_moto.endpoint) as anon:
+        assert anon.get("public") == b"hello"
+        with pytest.raises(StorageError, match="access denied"):
+            anon.get("private")
 
 
 def test_storage_fixture_is_fresh_and_usable(storage):
