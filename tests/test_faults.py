@@ -583,3 +583,77 @@ def test_two_processes_saving_into_one_model_dir(tmp_path: Path, keep_max: int |
         f"by both (after a prune), {len(samples)} LATEST samples monotonic, {len(committed)} checkpoints restored"
     )
     assert refused[1] or refused[2]  # the writers really did collide
+
+
+# ---------------------------------------------------------------------------------------------
+# Object stores behind a faulty network (servers from tests/conftest.py, proxy from tests/servers.py)
+# ---------------------------------------------------------------------------------------------
+
+_OBJECT_STORES = {"s3-moto": ("s3", "s3_moto"), "gcs": ("gs", "gcs_fake")}
+
+
+def _object_store(request: pytest.FixtureRequest, name: str) -> tuple[Any, str]:
+    scheme, fixture = _OBJECT_STORES[name]
+    server = request.getfixturevalue(fixture)  # skips (or fails on CI) when the server cannot start
+    return server, f"{scheme}://{server.bucket}/faults-{uuid.uuid4().hex[:12]}"
+
+
+def _small_state(step: int) -> dict[str, Any]:
+    rng = np.random.default_rng(step)
+    return {"w": rng.standard_normal((50, 40)).astype(np.float32), "b": rng.integers(0, 9, 300), "step": step}
+
+
+@pytest.mark.parametrize("name", list(_OBJECT_STORES))
+def test_saves_and_restores_succeed_through_a_flaky_network(request: pytest.FixtureRequest, name: str) -> None:
+    """A quarter of all requests fail (503 SlowDown, 500, reset, or applied with the reply lost)."""
+    from servers import FaultProxy  # tests/ is on sys.path via conftest
+
+    from ckptstore.storage._retry import RetryPolicy
+
+    server, url = _object_store(request, name)
+    rng = np.random.default_rng(11)
+    kinds = ["503", "500", "reset", "lost-reply"]
+    schedule = [str(rng.choice(kinds)) if rng.random() < 0.25 else None for _ in range(2000)]
+    policy = RetryPolicy(deadline=30, max_attempts=10, base_delay=0.01, max_delay=0.1)
+    with FaultProxy(server.endpoint, faults=schedule, max_requests=10_000) as proxy:
+        options = {**server.storage_options, "endpoint_url": proxy.endpoint, "retry": policy}
+        with CheckpointStore(url, storage_options=options, keep_max=3, gc_grace_seconds=0) as store:
+            for step in range(1, 7):
+                store.save(step, state(step) if step == 6 else _small_state(step))
+            assert [i.step for i in store.list()] == [4, 5, 6]
+            assert_exact(store.restore(), state(6))
+            for step in (4, 5):
+                assert_exact(store.restore(step=step), _small_state(step))
+        served = proxy.faults_served
+    assert served >= 20, f"only {served} faults were served"
+    with CheckpointStore(url, storage_options=server.storage_options) as direct:  # no proxy in between
+        assert direct.latest().step == 6  # type: ignore[union-attr]
+        assert_exact(direct.restore(), state(6))
+    print(f"{name}: {served} faults served over {proxy.requests} requests; 6 saves, 3 restores exact")
+
+
+@pytest.mark.parametrize("name", list(_OBJECT_STORES))
+def test_a_permanent_outage_fails_within_the_deadline_and_loses_nothing(request: pytest.FixtureRequest, name: str) -> None:
+    from servers import FaultProxy
+
+    from ckptstore.storage._retry import RetryPolicy
+
+    server, url = _object_store(request, name)
+    with CheckpointStore(url, storage_options=server.storage_options) as direct:
+        direct.save(1, _small_state(1))
+    policy = RetryPolicy(deadline=1.5, max_attempts=50, base_delay=0.05, max_delay=0.3)
+    for outage in ("503", "reset"):
+        with FaultProxy(server.endpoint, always=outage, max_requests=500) as proxy:
+            options = {**server.storage_options, "endpoint_url": proxy.endpoint, "retry": policy}
+            with CheckpointStore(url, storage_options=options) as store:
+                started = time.monotonic()
+                with pytest.raises(StorageError) as exc:
+                    store.save(2, _small_state(2))
+                elapsed = time.monotonic() - started
+                with pytest.raises(StorageError):
+                    store.restore()
+        assert elapsed < 10, f"{outage}: gave up after {elapsed:.1f} s"
+        assert url.split("://", 1)[1].split("/", 1)[1] in str(exc.value) and "gave up" in str(exc.value), str(exc.value)
+    with CheckpointStore(url, storage_options=server.storage_options) as direct:
+        assert [i.step for i in direct.list()] == [1]
+        assert_exact(direct.restore(), _small_state(1))
