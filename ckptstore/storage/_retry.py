@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from ckptstore.storage.interface import Buffer, as_bytes_view
 
@@ -135,3 +136,15 @@ def wait_all(futures: list[Future[Any]]) -> list[Any]:
             f.cancel()
         raise
     return results
+
+
+def redact_url(endpoint: str) -> str:
+    """An endpoint URL without any ``user:password@`` part."""
+    if not endpoint:
+        return endpoint
+    parts = urlsplit(endpoint)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = host + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return endpoint

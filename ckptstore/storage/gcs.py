@@ -51,7 +51,14 @@ import fsspec.asyn  # noqa: E402
 import gcsfs  # noqa: E402
 
 from ckptstore.errors import AlreadyExists, CkptStoreError, NotFound, PreconditionFailed, StorageError  # noqa: E402
-from ckptstore.storage._retry import RetriesExhausted, RetryPolicy, retry_call, split_parts, wait_all  # noqa: E402
+from ckptstore.storage._retry import (  # noqa: E402
+    RetriesExhausted,
+    RetryPolicy,
+    redact_url,
+    retry_call,
+    split_parts,
+    wait_all,
+)
 from ckptstore.storage.interface import (  # noqa: E402
     Buffer,
     Capabilities,
@@ -154,7 +161,7 @@ class GCSStorage(StorageBase):
         self.part_size = part_size
         self.max_concurrency = max_concurrency
         self.retry = retry or RetryPolicy()
-        self.endpoint_url: str = str(storage_options.get("endpoint_url") or "")
+        self.endpoint_url: str = redact_url(str(storage_options.get("endpoint_url") or ""))
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
         self._secrets = _secret_strings(storage_options.get("token"))
         self._bucket_checked = False
@@ -171,7 +178,7 @@ class GCSStorage(StorageBase):
             raise
         except Exception as e:
             raise StorageError(self._redact(f"{self.url}: cannot set up GCS access: {type(e).__name__}: {e}")) from None
-        self.endpoint_url = self.fs._location
+        self.endpoint_url = redact_url(self.fs._location)
 
     def __repr__(self) -> str:
         return f"GCSStorage({self.url!r}, endpoint_url={self.endpoint_url!r})"
@@ -234,7 +241,9 @@ class GCSStorage(StorageBase):
         where = self._where(key)
         if isinstance(e, _HttpStatus):
             if e.status == 404:
-                if "bucket" in e.message.lower():
+                # GCS says "The specified bucket does not exist."; an object's 404 names the object,
+                # whose path may itself contain the word "bucket".
+                if "bucket does not exist" in e.message.lower() or "bucket not found" in e.message.lower():
                     return StorageError(f"{where}: {op} failed: bucket {self.bucket!r} does not exist")
                 return NotFound(f"{where}: not found ({op})")
             if e.status == 401:

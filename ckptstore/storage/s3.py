@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions
@@ -39,7 +39,14 @@ from botocore import UNSIGNED
 from botocore.config import Config
 
 from ckptstore.errors import AlreadyExists, CkptStoreError, NotFound, PreconditionFailed, StorageError
-from ckptstore.storage._retry import RetriesExhausted, RetryPolicy, retry_call, split_parts, wait_all
+from ckptstore.storage._retry import (
+    RetriesExhausted,
+    RetryPolicy,
+    redact_url,
+    retry_call,
+    split_parts,
+    wait_all,
+)
 from ckptstore.storage.interface import (
     Buffer,
     Capabilities,
@@ -163,18 +170,6 @@ class _ViewReader(io.RawIOBase):
         return len(self._view) - self._pos
 
 
-def _redact_endpoint(endpoint: str | None) -> str | None:
-    """An endpoint URL without any ``user:password@`` part."""
-    if not endpoint:
-        return endpoint
-    parts = urlsplit(endpoint)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = host + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return endpoint
-
-
 class S3Storage(StorageBase):
     """Objects under ``s3://bucket/prefix``; every condition enforced by the server.
 
@@ -254,7 +249,7 @@ class S3Storage(StorageBase):
         if endpoint_url and (urlsplit(endpoint_url).username or urlsplit(endpoint_url).password):
             # S3 never authenticates through URL userinfo, and botocore logs endpoint URLs at DEBUG level.
             raise ValueError(f"{self.url}: endpoint_url must not contain a user or password "
-                             f"({_redact_endpoint(endpoint_url)!r}); pass key= and secret= instead")
+                             f"({redact_url(endpoint_url)!r}); pass key= and secret= instead")
 
         s3_config = dict(config_kwargs.pop("s3", None) or {})
         if endpoint_url:
@@ -291,7 +286,7 @@ class S3Storage(StorageBase):
             # botocore's messages may quote the endpoint URL, which may carry a password.
             raise StorageError(self._redact(f"{self.url}: cannot set up S3 access: {type(e).__name__}: {e}")) from None
         extra_request = {"RequestPayer": "requester"} if requester_pays else {}
-        return client, extra_put, extra_request, _redact_endpoint(endpoint_url)
+        return client, extra_put, extra_request, (redact_url(endpoint_url) if endpoint_url else None)
 
     def __repr__(self) -> str:
         where = f", endpoint_url={self.endpoint_url!r}" if self.endpoint_url else ""
