@@ -46,7 +46,6 @@ from typing import Any
 import numpy as np
 
 from ckptstore import CheckpointStore, bench
-from ckptstore.format import DEFAULT_MAX_SHARD_SIZE, plan_layout
 
 RESULTS = Path(__file__).parent / "results"
 OPS = ("save", "restore_cold", "restore_warm")
@@ -103,9 +102,9 @@ def make_peers(model: Mapping[str, np.ndarray], workers: int, options: Mapping[s
         peers.append(Peer("ckptstore", ck_save, ck_restore, f"{workers} threads, crc32c verified", remote=True))
 
     # -- raw (best) -----------------------------------------------------------------------------
-    total = sum(a.nbytes for a in model.values())
-    plan = plan_layout([(n, a.nbytes) for n, a in model.items()], target_shard_size=-(-total // workers),
-                       max_shard_size=DEFAULT_MAX_SHARD_SIZE)
+    with CheckpointStore(tempfile.mkdtemp(prefix="ckptstore-plan-"), workers=workers) as planner:
+        plan = bench.store_plan(planner, model)
+        shutil.rmtree(planner.model_dir, ignore_errors=True)
     raws: dict[str, bench.RawBaseline] = {}
 
     def raw_save(m: Mapping[str, np.ndarray], where: str) -> None:

@@ -20,6 +20,7 @@ the memory sampler and the cache dropper.
 from __future__ import annotations
 
 import gc
+import inspect
 import json
 import math
 import os
@@ -47,8 +48,9 @@ from ckptstore.transfer import byte_view, empty_aligned
 
 SCHEMA = "ckptstore-bench/1"
 PRESETS = ("few-large", "many-small", "mixed")
-OPERATIONS = ("save", "restore_cold", "restore_warm")
-OPERATION_LABELS = {"save": "durable save", "restore_cold": "cold restore", "restore_warm": "warm restore"}
+OPERATIONS = ("save", "restore_cold", "restore_warm", "save_blocked")
+OPERATION_LABELS = {"save": "durable save", "restore_cold": "cold restore", "restore_warm": "warm restore",
+                    "save_blocked": "background save, time blocked"}
 IMPLEMENTATIONS = ("ckptstore", "raw")
 COLD_METHODS = ("auto", "fadvise", "drop-caches", "off")
 
@@ -572,7 +574,9 @@ def run(config: BenchConfig, progress: Progress | None = None,
     sizes = tensor_sizes(config.total_bytes, config.preset, config.num_tensors, seed=config.seed)
     model = synthetic_model(sizes, seed=config.seed)
     series: dict[str, dict[str, list[tuple[float, int]]]] = {
-        op: {impl: [] for impl in IMPLEMENTATIONS} for op in OPERATIONS if op != "restore_cold" or cold_method
+        op: {impl: [] for impl in IMPLEMENTATIONS}
+        for op in OPERATIONS
+        if (op != "restore_cold" or cold_method) and (op != "save_blocked" or has_background_save())
     }
     workers = shards = 0
     notify = progress or (lambda label: None)
@@ -625,10 +629,7 @@ def _repetition(
     raw = RawBaseline(_join(rep_url, "raw"), options)
     try:
         workers = store.workers
-        total = sum(a.nbytes for a in model.values())
-        plan = plan_layout([(n, a.nbytes) for n, a in model.items()],
-                           target_shard_size=max(1, math.ceil(total / workers)),
-                           max_shard_size=config.max_shard_size, chunk_size=store.chunk_size)
+        plan = store_plan(store, model)
         actions: dict[str, dict[str, Callable[[], Any]]] = {
             "save": {"ckptstore": lambda: store.save(0, model), "raw": lambda: raw.save(model, plan, workers)},
             "restore": {"ckptstore": lambda: store.restore(0, verify=config.verify),
@@ -648,10 +649,63 @@ def _repetition(
         for impl in order:
             series["restore_warm"][impl].append(_timed(actions["restore"][impl]))
             notify(f"r{rep + 1} warm restore {impl}")
+        if "save_blocked" in series:
+            # How long a background save holds the training loop, in the steady state (the store's
+            # staging memory is allocated by a first, untimed background save), against the least any
+            # snapshot costs: one copy of the model into already-allocated memory, on as many threads.
+            store.save(1, model, blocking=False).result()
+            staging = empty_aligned((sum(a.nbytes for a in model.values()),), np.dtype(np.uint8))
+            staging.fill(0)
+            handles: list[Any] = []
+            blocked = {"ckptstore": lambda: handles.append(store.save(2, model, overwrite=True, blocking=False)),
+                       "raw": lambda: snapshot_copy(model, staging, workers)}
+            for impl in order:
+                series["save_blocked"][impl].append(_timed(blocked[impl]))
+                for handle in handles:
+                    handle.result()  # the write itself is not part of this measurement
+                handles.clear()
+                notify(f"r{rep + 1} background save {impl}")
+            del staging
         return workers, len(plan.shards)
     finally:
         store.close()
         raw.close()
+
+
+def has_background_save() -> bool:
+    """Whether this version's ``CheckpointStore.save`` takes ``blocking=False``."""
+    return "blocking" in inspect.signature(CheckpointStore.save).parameters
+
+
+def snapshot_copy(model: Mapping[str, np.ndarray], dest: np.ndarray, workers: int) -> None:
+    """The baseline of a background save's blocking time: copy the model into ``dest`` on ``workers`` threads."""
+    jobs: list[tuple[np.ndarray, np.ndarray]] = []
+    pos = 0
+    for arr in model.values():
+        src = arr.reshape(-1).view(np.uint8)
+        for i in range(0, len(src), 8 << 20):
+            piece = src[i : i + (8 << 20)]
+            jobs.append((dest[pos : pos + len(piece)], piece))
+            pos += len(piece)
+    share = -(-len(jobs) // max(1, workers))
+    groups = [jobs[i : i + share] for i in range(0, len(jobs), share)]
+
+    def copy(group: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        for d, src in group:
+            np.copyto(d, src)
+
+    _parallel([lambda g=g: copy(g) for g in groups], workers)
+
+
+def store_plan(store: CheckpointStore, model: Mapping[str, np.ndarray]) -> LayoutPlan:
+    """The shard layout ``store.save(model)`` uses, so the raw baseline writes the same files."""
+    sizes = [(n, a.nbytes) for n, a in model.items()]
+    planner = getattr(store, "_plan", None)  # the store's own planner, when this version has one
+    if planner is not None:
+        return planner(sizes)
+    total = sum(n for _, n in sizes)
+    return plan_layout(sizes, target_shard_size=max(1, math.ceil(total / store.workers)),
+                       max_shard_size=store.max_shard_size, chunk_size=store.chunk_size)
 
 
 def _local_path(url: str) -> str:
@@ -661,7 +715,8 @@ def _local_path(url: str) -> str:
 def steps_per_run(config: BenchConfig, url: str) -> int:
     """How many times ``run`` calls ``progress`` (for a progress bar's total)."""
     cold, _ = cold_cache_method(url, config.cold)
-    return config.repeat * len(IMPLEMENTATIONS) * (3 if cold else 2)
+    ops = 2 + (1 if cold else 0) + (1 if has_background_save() else 0)
+    return config.repeat * len(IMPLEMENTATIONS) * ops
 
 
 # ---------------------------------------------------------------------------------------------
@@ -715,6 +770,9 @@ def format_report(result: BenchResult) -> str:
         "raw = plain writes" + (" + fsync" if split_scheme(result.url)[0] == "file" else " via the backend's put")
         + " / reads into page-aligned buffers, same files, same concurrency; no checksums, no manifest.",
     ]
+    if "save_blocked" in result.series:
+        lines.append("background save: how long save(blocking=False) holds the caller once its staging memory "
+                     "exists; raw = one copy of the model into allocated memory on as many threads.")
     if result.config.verify:
         lines.append("ckptstore restores verify every crc32c (as in production).")
     if result.kept:
