@@ -48,8 +48,9 @@ import numpy as np
 from ckptstore import CheckpointStore, bench
 
 RESULTS = Path(__file__).parent / "results"
-OPS = ("save", "restore_cold", "restore_warm")
-OP_LABELS = {"save": "durable save", "restore_cold": "cold restore", "restore_warm": "warm restore"}
+OPS = ("save", "restore_cold", "restore_warm", "save_blocked")
+OP_LABELS = {"save": "durable save", "restore_cold": "cold restore", "restore_warm": "warm restore",
+             "save_blocked": "async save: time blocked"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,6 +67,11 @@ class Peer:
     restore: Callable[[str], Any]
     note: str = ""
     remote: bool = False  # works on an fsspec URL too
+    # Asynchronous save: ``save_async(model, where, n)`` starts save number ``n`` into ``where`` and
+    # returns once the caller may go on, with a function that waits for the write to finish; ``n < 0``
+    # returns a function that releases what the peer kept for ``where``.
+    save_async: Callable[[Mapping[str, np.ndarray], str, int], Callable[[], Any]] | None = None
+    async_note: str = ""
 
 
 def _file_name(name: str, ext: str) -> str:
@@ -98,8 +104,19 @@ def make_peers(model: Mapping[str, np.ndarray], workers: int, options: Mapping[s
         with CheckpointStore(where, storage_options=options, workers=workers) as s:
             return s.restore(0)
 
+    async_stores: dict[str, CheckpointStore] = {}
+
+    def ck_async(m: Mapping[str, np.ndarray], where: str, n: int) -> Callable[[], Any]:
+        if n < 0:
+            store = async_stores.pop(where, None)
+            return store.close if store is not None else (lambda: None)
+        if where not in async_stores:  # one store per job, as in training: its staging memory is reused
+            async_stores[where] = CheckpointStore(where, storage_options=options, workers=workers)
+        return async_stores[where].save(n, m, blocking=False).result
+
     if want("ckptstore"):
-        peers.append(Peer("ckptstore", ck_save, ck_restore, f"{workers} threads, crc32c verified", remote=True))
+        peers.append(Peer("ckptstore", ck_save, ck_restore, f"{workers} threads, crc32c verified", remote=True,
+                          save_async=ck_async, async_note="save(blocking=False); staging memory reused"))
 
     # -- raw (best) -----------------------------------------------------------------------------
     with CheckpointStore(tempfile.mkdtemp(prefix="ckptstore-plan-"), workers=workers) as planner:
@@ -114,9 +131,21 @@ def make_peers(model: Mapping[str, np.ndarray], workers: int, options: Mapping[s
     def raw_restore(where: str) -> Any:
         return raws[where].restore(workers)
 
+    staging: dict[str, np.ndarray] = {}
+
+    def raw_async(m: Mapping[str, np.ndarray], where: str, n: int) -> Callable[[], Any]:
+        if n < 0:
+            return lambda: staging.pop(where, None)
+        if where not in staging:
+            staging[where] = bench.empty_aligned((sum(a.nbytes for a in m.values()),), np.dtype(np.uint8))
+        bench.snapshot_copy(m, staging[where], workers)
+        return lambda: None
+
     if want("raw"):
         peers.append(Peer("raw (best)", raw_save, raw_restore,
-                          f"{len(plan.shards)} files × {workers} threads, fsync, page-aligned reads", remote=True))
+                          f"{len(plan.shards)} files × {workers} threads, fsync, page-aligned reads", remote=True,
+                          save_async=raw_async,
+                          async_note=f"only a copy of the model into allocated memory, {workers} threads"))
 
     # -- naive one file per tensor ----------------------------------------------------------------
     def naive_save(m: Mapping[str, np.ndarray], where: str) -> None:
@@ -217,9 +246,19 @@ def make_peers(model: Mapping[str, np.ndarray], workers: int, options: Mapping[s
                 dcp.load(sd, storage_reader=dcp.FileSystemReader(where))
             return sd
 
+        def dcp_async(m: Mapping[str, np.ndarray], where: str, n: int) -> Callable[[], Any]:
+            if n < 0:
+                return lambda: None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                writer = dcp.FileSystemWriter(f"{where}/s{n}", thread_count=workers)
+                future = dcp.async_save(tmodel, storage_writer=writer)
+            return future.result
+
         if want("dcp"):
             peers.append(Peer("torch DCP", dcp_save, dcp_restore,
-                              f"torch.distributed.checkpoint, FileSystemWriter(thread_count={workers}), no process group"))
+                              f"torch.distributed.checkpoint, FileSystemWriter(thread_count={workers}), no process group",
+                              save_async=dcp_async, async_note="dcp.async_save"))
     except ImportError as e:
         missing["torch"] = str(e)
 
@@ -238,9 +277,22 @@ def make_peers(model: Mapping[str, np.ndarray], workers: int, options: Mapping[s
             with ocp.StandardCheckpointer() as ck:
                 return ck.restore(where)
 
+        async_ckptrs: dict[str, Any] = {}
+
+        def ob_async(m: Mapping[str, np.ndarray], where: str, n: int) -> Callable[[], Any]:
+            if n < 0:
+                ck = async_ckptrs.pop(where, None)
+                return ck.close if ck is not None else (lambda: None)
+            if where not in async_ckptrs:
+                async_ckptrs[where] = ocp.StandardCheckpointer()
+            ck = async_ckptrs[where]
+            ck.save(f"{where}/s{n}", dict(m))
+            return ck.wait_until_finished
+
         if want("orbax"):
-            peers.append(Peer("orbax", ob_save, ob_restore,
-                              f"orbax-checkpoint {_version('orbax-checkpoint')} StandardCheckpointer (OCDBT), "
+            peers.append(Peer("orbax", ob_save, ob_restore, save_async=ob_async,
+                              async_note="StandardCheckpointer.save (asynchronous); checkpointer reused",
+                              note=f"orbax-checkpoint {_version('orbax-checkpoint')} StandardCheckpointer (OCDBT), "
                               "waited until finished"))
     except ImportError as e:
         missing["orbax-checkpoint"] = str(e)
@@ -318,6 +370,21 @@ def run(peers: list[Peer], model: Mapping[str, np.ndarray], root: str, repeat: i
                 s, m = _measure(lambda peer=peer, where=where: peer.restore(where))
                 rec.seconds["restore_warm"].append(s)
                 rec.rss["restore_warm"].append(m)
+                if peer.save_async is not None:
+                    # Steady state: a first async save (untimed) sets up what the peer reuses.
+                    bg = f"{where}-async"
+                    try:
+                        peer.save_async(model, bg, 1)()
+                        waiters: list[Callable[[], Any]] = []
+                        s, m = _measure(lambda peer=peer, bg=bg, waiters=waiters: waiters.append(
+                            peer.save_async(model, bg, 2)))
+                        for wait in waiters:
+                            wait()
+                        rec.seconds["save_blocked"].append(s)
+                        rec.rss["save_blocked"].append(m)
+                    finally:
+                        peer.save_async(model, bg, -1)()
+                        _remove(bg, options, local)
                 log(f"r{rep + 1} {peer.name}: save {rec.seconds['save'][-1]:.2f} s, "
                     f"warm restore {s:.2f} s")
             except Exception as e:  # one broken peer must not sink the comparison; it is reported
@@ -427,13 +494,32 @@ def markdown(summary: Mapping[str, Any], peers: list[Peer], missing: Mapping[str
         if row["errors"] and "save" not in row:
             lines.append(f"| {p.name} | failed: {row['errors'][0][:80]} | | | | | | |")
             continue
-        cells = [c for op in OPS for c in cell(row, op)]
+        cells = [c for op in OPS[:3] for c in cell(row, op)]
         rss_save = row["save"]["peak_extra_rss_bytes"] / nbytes if "save" in row else float("nan")
-        restore_op = "restore_cold" if "restore_cold" in row else "restore_warm"
         rss_restore = max(row[op]["peak_extra_rss_bytes"] for op in ("restore_cold", "restore_warm") if op in row) / nbytes
         name = f"**{p.name}**" if p.name == "ckptstore" else p.name
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {rss_save:.2f}× / {rss_restore:.2f}× |")
-        del restore_op
+    async_peers = [p for p in peers if "save_blocked" in summary[p.name]]
+    if async_peers:
+        base = summary.get("raw (best)", {}).get("save_blocked")
+        lines += [
+            "",
+            "Asynchronous saves — how long the call holds the training loop (the write goes on in the "
+            "background), in the steady state (a first untimed async save sets up what each peer reuses). "
+            "**×copy** = the time as a multiple of one plain copy of the model into allocated memory with the "
+            "same threads (the `raw (best)` row): the least any snapshot costs.",
+            "",
+            "| implementation | time blocked, median [min–max] | s per GiB | ×copy | peak extra RSS | how |",
+            "|---|---|---|---|---|---|",
+        ]
+        for p in async_peers:
+            r = summary[p.name]["save_blocked"]
+            times = f"{bench.format_seconds(r['median_s'])} [{bench.format_seconds(r['min_s'])}–" \
+                    f"{bench.format_seconds(r['max_s'])}]"
+            ratio = f"{r['median_s'] / base['median_s']:.1f}" if base else ""
+            name = f"**{p.name}**" if p.name == "ckptstore" else p.name
+            lines.append(f"| {name} | {times} | {r['median_s'] / (nbytes / 2**30):.2f} | {ratio} | "
+                         f"{r['peak_extra_rss_bytes'] / nbytes:.2f}× | {p.async_note} |")
     lines += ["", "Peers as configured:", ""]
     lines += [f"- **{p.name}**: {p.note}" for p in peers]
     for name, why in missing.items():
@@ -447,14 +533,23 @@ def markdown(summary: Mapping[str, Any], peers: list[Peer], missing: Mapping[str
 def plot(summary: Mapping[str, Any], peers: list[Peer], meta: Mapping[str, Any], path: Path) -> None:
     plt = bench.require_matplotlib()
     ops = [op for op in OPS if any(op in summary[p.name] for p in peers)]
-    fig, axes = plt.subplots(1, len(ops), figsize=(4.2 * len(ops), 4.4), dpi=110, sharey=False)
-    if len(ops) == 1:
-        axes = [axes]
-    for ax, op in zip(axes, ops, strict=True):
+    gib = meta["nbytes"] / 2**30
+    ncols = min(2, len(ops))
+    nrows = -(-len(ops) // ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.6 * nrows + 0.5), dpi=110, squeeze=False)
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[len(ops):]:
+        ax.set_visible(False)
+    for ax, op in zip(axes, ops, strict=False):
         names = [p.name for p in peers if op in summary[p.name]]
-        meds = [summary[n][op]["mb_s"] for n in names]
-        lo = [summary[n][op]["mb_s"] - summary[n][op]["mb_s_min"] for n in names]
-        hi = [summary[n][op]["mb_s_max"] - summary[n][op]["mb_s"] for n in names]
+        if op == "save_blocked":  # seconds blocked per GiB: lower is better
+            meds = [summary[n][op]["median_s"] / gib for n in names]
+            lo = [(summary[n][op]["median_s"] - summary[n][op]["min_s"]) / gib for n in names]
+            hi = [(summary[n][op]["max_s"] - summary[n][op]["median_s"]) / gib for n in names]
+        else:
+            meds = [summary[n][op]["mb_s"] for n in names]
+            lo = [summary[n][op]["mb_s"] - summary[n][op]["mb_s_min"] for n in names]
+            hi = [summary[n][op]["mb_s_max"] - summary[n][op]["mb_s"] for n in names]
         colors = ["#3b6ea5" if n == "ckptstore" else "#9a9a9a" if n.startswith(("raw", "naive")) else "#d08c3a"
                   for n in names]
         ys = range(len(names))
@@ -463,9 +558,11 @@ def plot(summary: Mapping[str, Any], peers: list[Peer], meta: Mapping[str, Any],
         ax.set_yticklabels(names, fontsize=8)
         ax.invert_yaxis()
         ax.set_title(OP_LABELS[op], fontsize=10)
-        ax.set_xlabel("MB/s (median, min–max)", fontsize=8)
+        blocked = op == "save_blocked"
+        ax.set_xlabel("seconds blocked per GiB (lower is better)" if blocked else "MB/s (median, min–max)",
+                      fontsize=8)
         for y, v in zip(ys, meds, strict=True):
-            ax.annotate(f"{v:.0f}", (0, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7,
+            ax.annotate(f"{v:.2f}" if blocked else f"{v:.0f}", (0, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7,
                         color="white")
     fig.suptitle(f"{bench.format_size(meta['nbytes'])} {meta['preset']} model, {meta['location']}, "
                  f"{meta['repeat']} repeats, {meta['machine']['nproc']} cores (shared)", fontsize=10)
