@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "trials"))
 
-from crash_trials import run_trials  # noqa: E402
+from crash_trials import S3_SETTLE, run_trials  # noqa: E402
 
 TRIALS = int(os.environ.get("CKPTSTORE_CRASH_TRIALS", "200"))
 
@@ -36,3 +38,23 @@ def test_sigkill_during_saves_never_breaks_latest(tmp_path: Path) -> None:
     assert stats.resumed_past_stale_latest > 0, stats.summary()
     assert stats.prune_mode_trials >= TRIALS // 3, stats.summary()
     assert stats.restores_checked >= stats.trials, stats.summary()
+
+
+S3_TRIALS = int(os.environ.get("CKPTSTORE_S3_CRASH_TRIALS", "10"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="needs fork and SIGKILL")
+def test_sigkill_during_saves_to_s3(tmp_path: Path, s3_moto: Any) -> None:
+    """The same trials against moto's S3 on 127.0.0.1 (about 1-3 s a trial, so fewer of them here;
+    ``crash_trials.py --backend s3-moto --trials N`` runs more)."""
+    stats = run_trials(
+        S3_TRIALS, tmp_path, seed=int(os.environ.get("CKPTSTORE_CRASH_SEED", "20261127")),
+        base_url=f"s3://{s3_moto.bucket}/crash-{uuid.uuid4().hex[:8]}",
+        storage_options=s3_moto.storage_options, settle=S3_SETTLE, trials_per_dir=5,  # half with prune
+    )
+    print(stats.summary())
+    assert stats.trials == S3_TRIALS
+    assert stats.killed_inside_save >= S3_TRIALS // 2, stats.summary()
+    assert stats.restores_checked >= stats.trials, stats.summary()
+    assert stats.prune_mode_trials >= S3_TRIALS // 3, stats.summary()

@@ -1,4 +1,4 @@
-"""The writer that crash trials kill: saves checkpoints in a loop into one local model_dir.
+"""The writer that crash trials kill: saves checkpoints in a loop into one model_dir (local or S3).
 
 Run as a *zygote*: it imports numpy and ckptstore once, then for every ``run MODEL_DIR SEED MAX_SAVES
 KEEP_MAX`` line on stdin forks a writer process, reports ``<pid> FORKED``, waits for it and reports
@@ -15,6 +15,7 @@ function of the step (``state_for``), so the parent can check any restored check
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -61,13 +62,13 @@ def _say(line: str) -> None:
     os.write(1, (line + "\n").encode())
 
 
-def writer(model_dir: str, seed: int, max_saves: int, keep_max: int) -> int:
+def writer(model_dir: str, seed: int, max_saves: int, keep_max: int, storage_options: dict[str, Any]) -> int:
     pid = os.getpid()
     rng = np.random.default_rng(seed)
     # keep_max > 0: every save also prunes to the newest keep_max and collects garbage at once (one
     # writer per model_dir, so a grace period of 0 is safe), so kills land inside prune and gc too.
     retention: dict[str, Any] = dict(keep_max=keep_max, gc_grace_seconds=0) if keep_max else {}
-    store = ckptstore.CheckpointStore(model_dir, **STORE_OPTIONS, **retention)
+    store = ckptstore.CheckpointStore(model_dir, storage_options=storage_options, **STORE_OPTIONS, **retention)
     latest = store.latest()
     step = latest.step + 1 if latest is not None else 1
     _say(f"{pid} R {latest.step if latest is not None else -1}")
@@ -85,7 +86,7 @@ def writer(model_dir: str, seed: int, max_saves: int, keep_max: int) -> int:
     return 0
 
 
-def zygote() -> None:
+def zygote(storage_options: dict[str, Any]) -> None:
     for line in sys.stdin:
         parts = line.split()
         if not parts:
@@ -97,7 +98,7 @@ def zygote() -> None:
         if pid == 0:
             code = 1
             try:
-                code = writer(model_dir, int(seed), int(max_saves), int(keep_max))
+                code = writer(model_dir, int(seed), int(max_saves), int(keep_max), storage_options)
             except BaseException as e:  # report, never fall back into the zygote loop
                 _say(f"{os.getpid()} X {type(e).__name__}: {e}".replace("\n", " "))
             finally:
@@ -108,4 +109,5 @@ def zygote() -> None:
 
 
 if __name__ == "__main__":
-    zygote()
+    # argv[1]: the backend's storage options as JSON (an object-store endpoint and keys; "{}" for disk).
+    zygote(json.loads(sys.argv[1]) if len(sys.argv) > 1 else {})

@@ -25,6 +25,7 @@ one writer runs to completion uninterrupted, and every committed checkpoint is r
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import queue
 import signal
@@ -46,9 +47,11 @@ from crash_child import STORE_OPTIONS, metadata_for, state_for  # noqa: E402
 import ckptstore  # noqa: E402
 from ckptstore import commit  # noqa: E402
 from ckptstore.format import LATEST_KEY, MANIFEST_FILE, parse_step_dir  # noqa: E402
+from ckptstore.storage import Storage  # noqa: E402
 
 CHILD = Path(__file__).resolve().parent / "crash_child.py"
 TRIALS_PER_DIR = 25
+S3_SETTLE = 0.1  # object stores: let a request the server fully received before the kill land first
 PRUNE_KEEP = 3  # every other model_dir is written with keep_max=PRUNE_KEEP (prune + gc after each save)
 EVENT_TIMEOUT = 60.0  # a writer that says nothing for this long is hung: fail, don't wait forever
 
@@ -94,10 +97,11 @@ class TrialStats:
 class Zygote:
     """The warm parent of all writers; see ``crash_child.py``."""
 
-    def __init__(self, stderr_path: Path):
+    def __init__(self, stderr_path: Path, storage_options: dict[str, Any]):
         self._stderr = open(stderr_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, str(CHILD)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+            [sys.executable, str(CHILD), json.dumps(storage_options)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
         )
         self.events: queue.Queue[tuple[float, list[str]] | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -148,8 +152,8 @@ def check_state(restored: dict[str, Any], step: int, where: str) -> None:
             raise TrialFailure(f"{where}: scalar {name} = {got!r}, saved {want!r}")
 
 
-def classify_files(root: Path, committed: dict[int, Any]) -> tuple[int, int]:
-    """Check every file in the model_dir is accounted for; return (leftover files, leftover bytes).
+def classify_files(storage: Storage, committed: dict[int, Any]) -> tuple[int, int]:
+    """Check every object in the model_dir is accounted for; return (leftover objects, leftover bytes).
 
     Accounted for: LATEST, lock files, committed manifests and the shards they name. Leftovers (which a
     reader must ignore): temp files of interrupted puts and attempt directories no manifest names.
@@ -158,32 +162,32 @@ def classify_files(root: Path, committed: dict[int, Any]) -> tuple[int, int]:
         f"{commit.step_dir(step)}/{shard}" for step, m in committed.items() for shard in m.shards
     }
     leftovers = nbytes = 0
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            path = Path(dirpath, name)
-            key = path.relative_to(root).as_posix()
-            parts = key.split("/")
-            if key == LATEST_KEY or parts[0] == ".locks" or key in referenced:
-                continue
-            if len(parts) == 2 and parts[1] == MANIFEST_FILE and parse_step_dir(parts[0]) in committed:
-                continue
-            is_temp = name.startswith(".tmp-")
-            unreferenced_attempt = (
-                len(parts) == 3 and parse_step_dir(parts[0]) is not None and parts[1].startswith("attempt-")
-                and not any(r.startswith(f"{parts[0]}/{parts[1]}/") for r in referenced)
-            )
-            if not (is_temp or unreferenced_attempt):
-                raise TrialFailure(f"unexpected file in the model_dir: {key}")
-            leftovers += 1
-            nbytes += path.stat().st_size
+    for obj in storage.list():
+        key = obj.key
+        parts = key.split("/")
+        if key == LATEST_KEY or parts[0] == ".locks" or key in referenced:
+            continue
+        if len(parts) == 2 and parts[1] == MANIFEST_FILE and parse_step_dir(parts[0]) in committed:
+            continue
+        is_temp = parts[-1].startswith(".tmp-")
+        unreferenced_attempt = (
+            len(parts) == 3 and parse_step_dir(parts[0]) is not None and parts[1].startswith("attempt-")
+            and not any(r.startswith(f"{parts[0]}/{parts[1]}/") for r in referenced)
+        )
+        if not (is_temp or unreferenced_attempt):
+            raise TrialFailure(f"unexpected object in the model_dir: {key}")
+        leftovers += 1
+        nbytes += obj.size
     return leftovers, nbytes
 
 
 class ModelDirHistory:
     """What the parent knows about one model_dir from the markers of every writer it killed."""
 
-    def __init__(self, root: Path, keep_max: int):
-        self.root = root
+    def __init__(self, root: str, keep_max: int, storage_options: dict[str, Any]):
+        self.root = root  # a path or an object-store URL
+        self.name = root.rstrip("/").rsplit("/", 1)[-1]
+        self.storage_options = storage_options
         self.keep_max = keep_max  # 0: keep everything; else writers prune (and gc) after every save
         self.acknowledged: set[int] = set()
         self.maybe: set[int] = set()  # steps in flight when a writer died
@@ -194,11 +198,14 @@ class ModelDirHistory:
 
     def verify(self, stats: TrialStats, inflight: int | None, where: str) -> None:
         """Check the model_dir without changing it, so the next writer meets exactly what the killed one left."""
-        store = ckptstore.CheckpointStore(self.root, **STORE_OPTIONS)
+        store = self.open()
         try:
             self._verify(store, stats, inflight, where)
         finally:
             store.close()
+
+    def open(self) -> ckptstore.CheckpointStore:
+        return ckptstore.CheckpointStore(self.root, storage_options=self.storage_options, **STORE_OPTIONS)
 
     def _verify(self, store: ckptstore.CheckpointStore, stats: TrialStats, inflight: int | None, where: str) -> None:
         storage = store.storage
@@ -250,7 +257,7 @@ class ModelDirHistory:
             check_state(store.restore(step=step), step, f"{where}: restore(step={step})")
             stats.restores_checked += 1
             self.verified.add(step)
-        classify_files(self.root, manifests)
+        classify_files(storage, manifests)
         after, _ = commit.read_latest(storage)  # in case a reader repaired it
         self.pointer_step = after.step if after is not None else -1
         self.newest = steps[-1]
@@ -340,40 +347,57 @@ def run_writer(
 
 
 def run_trials(
-    trials: int, workdir: Path, seed: int = 0, progress: Callable[[str], None] | None = None
+    trials: int,
+    workdir: Path,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+    *,
+    base_url: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    settle: float = 0.0,
+    trials_per_dir: int = TRIALS_PER_DIR,
 ) -> TrialStats:
-    """Run ``trials`` crash trials under ``workdir``; raise ``TrialFailure`` at the first broken promise."""
+    """Run ``trials`` crash trials; raise ``TrialFailure`` at the first broken promise.
+
+    Model_dirs go under ``workdir`` on local disk, or under ``base_url`` (with ``storage_options``) on
+    an object store. ``settle``: seconds to wait after a kill before looking, so a request the server
+    had fully received when its client died is applied first (as it would be in production).
+    """
+    options = dict(storage_options or {})
     rng = np.random.default_rng(seed)
     stats = TrialStats()
     est_save = [0.03]
     started = time.monotonic()
-    zygote = Zygote(workdir / "zygote-stderr.log")
+    zygote = Zygote(workdir / "zygote-stderr.log", options)
     try:
         while stats.trials < trials:
             stats.model_dirs += 1
             keep = PRUNE_KEEP if stats.model_dirs % 2 == 0 else 0
-            history = ModelDirHistory(workdir / f"model_dir-{stats.model_dirs:04d}", keep)
-            for _ in range(min(TRIALS_PER_DIR, trials - stats.trials)):
+            name = f"model_dir-{stats.model_dirs:04d}"
+            root = f"{base_url.rstrip('/')}/{name}" if base_url else str(workdir / name)
+            history = ModelDirHistory(root, keep, options)
+            for _ in range(min(trials_per_dir, trials - stats.trials)):
                 stats.trials += 1
                 stats.prune_mode_trials += bool(keep)
-                where = f"trial {stats.trials} (seed {seed}, {history.root.name})"
+                where = f"trial {stats.trials} (seed {seed}, {history.root})"
                 inflight = run_writer(zygote, history, rng, stats, est_save, kill=True, max_saves=10_000)
+                time.sleep(settle)
                 history.verify(stats, inflight, where)
             # The promise that the next save copes with the leftovers: an uninterrupted writer resumes,
             # saves twice, and everything committed still restores.
             run_writer(zygote, history, rng, stats, est_save, kill=False, max_saves=2)
-            history.verify(stats, None, f"recovery run of {history.root.name}")
-            with ckptstore.CheckpointStore(history.root, **STORE_OPTIONS) as store:
+            history.verify(stats, None, f"recovery run of {history.root}")
+            with history.open() as store:
                 manifests = {s: commit.read_manifest(store.storage, s) for s in commit.committed_steps(store.storage)}
                 latest = store.latest()  # the public API agrees with what the trials checked
                 if latest is None or latest.step != max(manifests):
-                    raise TrialFailure(f"{history.root.name}: latest() is {latest}, newest step {max(manifests)}")
-                check_state(store.restore(), latest.step, f"{history.root.name}: restore()")
+                    raise TrialFailure(f"{history.root}: latest() is {latest}, newest step {max(manifests)}")
+                check_state(store.restore(), latest.step, f"{history.root}: restore()")
+                files, nbytes = classify_files(store.storage, manifests)
             if keep and len(manifests) > keep:
-                raise TrialFailure(f"{history.root.name}: {len(manifests)} checkpoints kept, keep_max={keep}")
-            files, nbytes = classify_files(history.root, manifests)
+                raise TrialFailure(f"{history.root}: {len(manifests)} checkpoints kept, keep_max={keep}")
             if keep and files:
-                raise TrialFailure(f"{history.root.name}: {files} leftover files survived gc(grace 0)")
+                raise TrialFailure(f"{history.root}: {files} leftover objects survived gc(grace 0)")
             stats.leftover_files += files
             stats.leftover_bytes += nbytes
             if progress:
@@ -391,15 +415,29 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a new temp dir)")
+    parser.add_argument("--backend", choices=["local", "s3-moto"], default="local",
+                        help="s3-moto starts a moto S3 server on 127.0.0.1 (tests/servers.py) and writes there")
     args = parser.parse_args()
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="ckptstore-crash-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"crash trials: {args.trials}, seed {args.seed}, in {workdir}", flush=True)
+    print(f"crash trials: {args.trials}, seed {args.seed}, {args.backend}, in {workdir}", flush=True)
+    server = None
+    kwargs: dict[str, Any] = {}
+    if args.backend == "s3-moto":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from servers import MotoServer
+
+        server = MotoServer().start()
+        kwargs = dict(base_url=f"s3://{server.bucket}/crash-{args.seed}", storage_options=server.storage_options,
+                      settle=S3_SETTLE)
     try:
-        stats = run_trials(args.trials, workdir, args.seed, progress=lambda s: print(s, flush=True))
+        stats = run_trials(args.trials, workdir, args.seed, progress=lambda s: print(s, flush=True), **kwargs)
     except TrialFailure as e:
         print(f"FAILED: {e}", flush=True)
         return 1
+    finally:
+        if server is not None:
+            server.stop()
     print("OK:", stats.summary())
     return 0
 
