@@ -605,18 +605,19 @@ def _small_state(step: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", list(_OBJECT_STORES))
 def test_saves_and_restores_succeed_through_a_flaky_network(request: pytest.FixtureRequest, name: str) -> None:
-    """A quarter of all requests fail (503 SlowDown, 500, reset, or applied with the reply lost)."""
+    """A quarter of all requests fail: 503 SlowDown, 500, reset, applied with the reply lost, or stalled
+    past the client's read timeout."""
     from servers import FaultProxy  # tests/ is on sys.path via conftest
 
     from ckptstore.storage._retry import RetryPolicy
 
     server, url = _object_store(request, name)
     rng = np.random.default_rng(11)
-    kinds = ["503", "500", "reset", "lost-reply"]
+    kinds = ["503", "500", "reset", "lost-reply", "503", "500", "reset", "lost-reply", "stall"]
     schedule = [str(rng.choice(kinds)) if rng.random() < 0.25 else None for _ in range(2000)]
     policy = RetryPolicy(deadline=30, max_attempts=10, base_delay=0.01, max_delay=0.1)
-    with FaultProxy(server.endpoint, faults=schedule, max_requests=10_000) as proxy:
-        options = {**server.storage_options, "endpoint_url": proxy.endpoint, "retry": policy}
+    with FaultProxy(server.endpoint, faults=schedule, max_requests=10_000, stall_seconds=1.0) as proxy:
+        options = {**server.storage_options, "endpoint_url": proxy.endpoint, "retry": policy, "read_timeout": 0.3}
         with CheckpointStore(url, storage_options=options, keep_max=3, gc_grace_seconds=0) as store:
             for step in range(1, 7):
                 store.save(step, state(step) if step == 6 else _small_state(step))
@@ -629,7 +630,8 @@ def test_saves_and_restores_succeed_through_a_flaky_network(request: pytest.Fixt
     with CheckpointStore(url, storage_options=server.storage_options) as direct:  # no proxy in between
         assert direct.latest().step == 6  # type: ignore[union-attr]
         assert_exact(direct.restore(), state(6))
-    print(f"{name}: {served} faults served over {proxy.requests} requests; 6 saves, 3 restores exact")
+    stalls = schedule[: proxy.requests].count("stall")
+    print(f"{name}: {served} faults ({stalls} stalls) over {proxy.requests} requests; 6 saves, 3 restores exact")
 
 
 @pytest.mark.parametrize("name", list(_OBJECT_STORES))
