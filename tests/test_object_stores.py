@@ -382,13 +382,14 @@ def test_transient_faults_are_retried(request, name):
 def test_a_silent_server_times_out_and_is_retried(request, name):
     server = _server(request, name)
     policy = RetryPolicy(deadline=20, max_attempts=4, base_delay=0.01, max_delay=0.1)
-    with FaultProxy(server.endpoint, stall_seconds=1.5) as proxy:
+    with FaultProxy(server.endpoint, stall_seconds=5) as proxy:
         with _through(proxy, name, server, retry=policy, read_timeout=0.5) as s:
             s.put("k", b"v")
             proxy.faults += ["stall"]
             t0 = time.monotonic()
             assert s.get("k") == b"v"
-            assert proxy.faults_served == 1 and time.monotonic() - t0 < 1.4  # gave up on the stall early
+            # The client gave up on the silent connection after its read timeout, not when the proxy hung up.
+            assert proxy.faults_served == 1 and time.monotonic() - t0 < 3.5
 
 
 @pytest.mark.parametrize("name", ["s3-moto", "gcs"])
