@@ -64,17 +64,20 @@ def assert_exact(restored: dict[str, Any], expected: dict[str, Any], where: str 
             assert type(got) is type(want) and got == want, f"{where} {name}"
 
 
-def check_consistent(root: Path, must_have: Iterable[int], where: str) -> int:
+def check_consistent(
+    root: Path | str, must_have: Iterable[int], where: str,
+    state_of: Callable[[int], dict[str, Any]] = state, storage_options: dict[str, Any] | None = None,
+) -> int:
     """A fresh store on ``root``: LATEST and every listed checkpoint restore exactly; returns LATEST's step."""
-    with CheckpointStore(root) as store:
+    with CheckpointStore(root, storage_options=storage_options) as store:
         steps = [info.step for info in store.list()]
         missing = set(must_have) - set(steps)
         assert not missing, f"{where}: committed checkpoints {sorted(missing)} are gone"
         latest = store.latest()
         assert latest is not None and latest.step == max(steps), f"{where}: latest {latest}, listed {steps}"
-        assert_exact(store.restore(), state(latest.step), f"{where}: restore()")
+        assert_exact(store.restore(), state_of(latest.step), f"{where}: restore()")
         for step in steps:
-            assert_exact(store.restore(step=step), state(step), f"{where}: restore(step={step})")
+            assert_exact(store.restore(step=step), state_of(step), f"{where}: restore(step={step})")
         return latest.step
 
 
@@ -659,3 +662,51 @@ def test_a_permanent_outage_fails_within_the_deadline_and_loses_nothing(request:
     with CheckpointStore(url, storage_options=server.storage_options) as direct:
         assert [i.step for i in direct.list()] == [1]
         assert_exact(direct.restore(), _small_state(1))
+
+
+@pytest.mark.slow
+def test_a_fault_at_every_storage_call_of_a_save_to_s3(s3_moto: Any) -> None:
+    """The commit path of a save (every call up to the LATEST write, and the next two) on moto's S3."""
+    from ckptstore.storage import open_storage
+
+    opts = s3_moto.storage_options
+
+    def fresh() -> str:
+        url = f"s3://{s3_moto.bucket}/save-faults-{uuid.uuid4().hex[:12]}"
+        with CheckpointStore(url, storage_options=opts) as store:
+            store.save(0, _small_state(0))
+            store.save(1, _small_state(1))
+        return url
+
+    def faulted(url: str) -> tuple[Faults, CheckpointStore]:
+        faults = Faults(open_storage(url, **opts))
+        return faults, CheckpointStore(storage=faults, workers=1, keep_max=2, gc_grace_seconds=0)
+
+    faults, store = faulted(fresh())
+    store.save(2, _small_state(2))
+    calls = list(faults.calls)
+    last = min(len(calls), calls.index(("put", LATEST_KEY)) + 3)
+    tally = Tally()
+    for index, (method, key) in enumerate(calls[:last]):
+        for kind in ("error", "short") if method == "put" else ("error",):
+            where = f"s3: fault {kind} at call {index} ({method} {key})"
+            url = fresh()
+            faults, store = faulted(url)
+            faults.fail_on(lambda m, k, i, index=index: i == index, short_write=kind == "short")
+            try:
+                store.save(2, _small_state(2))
+                tally.completed += 1
+            except CkptStoreError as e:
+                tally.failed += 1
+                assert_clear(e, faults, where)
+            faults.heal()
+            check_consistent(url, [1], where, _small_state, opts)
+            try:
+                store.save(2, _small_state(2))
+            except CommitError as e:
+                assert "already committed" in str(e), where
+                if kind == "short" and key.endswith("manifest.msgpack"):
+                    store.save(2, _small_state(2), overwrite=True)  # a torn manifest (see the local test)
+            assert check_consistent(url, [1, 2], f"{where}, after retry", _small_state, opts) == 2
+    print(tally)
+    assert tally.failed >= calls.index(("put", LATEST_KEY)) + 1

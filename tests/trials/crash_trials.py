@@ -401,6 +401,7 @@ def run_trials(
             stats.leftover_files += files
             stats.leftover_bytes += nbytes
             if progress:
+                stats.seconds = time.monotonic() - started
                 progress(stats.summary())
     finally:
         zygote.close()
