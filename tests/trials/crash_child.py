@@ -8,7 +8,8 @@ milliseconds instead of a fresh interpreter's ~0.3 s, which is what makes hundre
 into the regular suite.
 
 A writer resumes like a preempted training job: it reports ``<pid> R <latest().step>``, starts at
-the step after it and saves step after step (pruning to KEEP_MAX after each when KEEP_MAX > 0), writing ``<pid> B <step>`` before and ``<pid> D <step> <seconds>`` after each save, with
+the step after it and saves step after step (pruning to KEEP_MAX after each when KEEP_MAX > 0; half
+the saves in the background, ``save(blocking=False)`` then ``result()``), writing ``<pid> B <step>`` before and ``<pid> D <step> <seconds>`` after each save, with
 ``os.write`` so nothing sits in a buffer when SIGKILL arrives. The state saved at a step is a pure
 function of the step (``state_for``), so the parent can check any restored checkpoint bit for bit.
 """
@@ -77,7 +78,16 @@ def writer(model_dir: str, seed: int, max_saves: int, keep_max: int, storage_opt
         _say(f"{pid} B {step}")
         started = time.perf_counter()
         try:
-            store.save(step, state, metadata=metadata_for(step))
+            if rng.random() < 0.5:
+                store.save(step, state, metadata=metadata_for(step))
+            else:
+                # A background save, as a trainer uses it: snapshot, keep computing (here: overwrite the
+                # arrays, which the snapshot must not notice), then collect the result.
+                handle = store.save(step, state, metadata=metadata_for(step), blocking=False)
+                for value in state.values():
+                    if isinstance(value, np.ndarray) and value.size:
+                        value.reshape(-1).view(np.uint8)[:] ^= 0xFF
+                handle.result()
         except CkptStoreError as e:
             _say(f"{pid} E {step} {type(e).__name__}: {e}".replace("\n", " "))
             return 3
