@@ -46,7 +46,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import msgpack
 
 from ckptstore import commit, transfer
-from ckptstore.errors import CkptStoreError, CommitError
+from ckptstore.errors import CheckpointMismatch, CkptStoreError, CommitError
 from ckptstore.format import (
     Chunk,
     Manifest,
@@ -57,7 +57,15 @@ from ckptstore.format import (
     plan_layout,
     step_dir,
 )
-from ckptstore.manager import CheckpointInfo, CheckpointStore, __version__, _check_step, flatten_state
+from ckptstore.manager import (
+    CheckpointInfo,
+    CheckpointStore,
+    __version__,
+    _check_step,
+    compare,
+    flatten_state,
+    flatten_template,
+)
 from ckptstore.storage.interface import Storage
 
 log = logging.getLogger("ckptstore")
@@ -214,6 +222,7 @@ def save(
     # 1. plan: check the local state before anything is written.
     plan: dict[str, Any]
     prepared: dict[str, Any] = {}
+    local: Exception | None = None  # this rank's own error, chained to the RankFailed it raises
     try:
         step = _check_step(step)
         arrays, scalars = flatten_state(state)
@@ -227,7 +236,7 @@ def save(
         held = [[n, dtype_name(a.dtype), list(a.shape), a.nbytes] for n, a in prepared.items()]
         plan = {"error": None, "tensors": held, "scalars": scalars, "metadata": metadata if me == 0 else None}
     except Exception as e:
-        plan = {"error": _describe(e)}
+        plan, local = {"error": _describe(e)}, e
     plans = coordinator.all_gather(plan, f"{tag}/plan")
 
     # 2. decide (rank 0): abort, or an attempt id and who writes each replicated tensor.
@@ -236,10 +245,10 @@ def save(
         try:
             decision = _decide(store, step, plans, overwrite)
         except Exception as e:
-            decision = {"error": {0: _describe(e)}}
+            decision, local = {"error": {0: _describe(e)}}, e
     decision = coordinator.broadcast(decision, f"{tag}/decide")
     if decision.get("error"):
-        raise RankFailed(f"save of step {step}", {int(r): m for r, m in decision["error"].items()})
+        raise RankFailed(f"save of step {step}", {int(r): m for r, m in decision["error"].items()}) from local
 
     # 3. write this rank's shards.
     attempt = f"{decision['attempt']}-r{me:05d}"
@@ -250,7 +259,7 @@ def save(
     try:
         written = _write(store, prefix, attempt, mine)
     except Exception as e:
-        written = {"error": _describe(e)}
+        written, local = {"error": _describe(e)}, e
     results = coordinator.all_gather(written, f"{tag}/written")
 
     # 4. commit (rank 0), then everyone learns the outcome.
@@ -264,12 +273,12 @@ def save(
                 outcome = _commit(store, step, plans, results, overwrite)
             except Exception as e:
                 # The manifest put may have landed before the error surfaced: keep the shards (GC has them).
-                outcome = {"error": {0: _describe(e)}, "cleanup": False}
+                outcome, local = {"error": {0: _describe(e)}, "cleanup": False}, e
     outcome = coordinator.broadcast(outcome, f"{tag}/commit")
     if outcome.get("error"):
         if outcome.get("cleanup"):
             _discard(storage, prefix, attempt)
-        raise RankFailed(f"save of step {step}", {int(r): m for r, m in outcome["error"].items()})
+        raise RankFailed(f"save of step {step}", {int(r): m for r, m in outcome["error"].items()}) from local
 
     seconds = time.perf_counter() - started
     if me == 0:
@@ -417,7 +426,9 @@ def restore(
 
     Call it on all ranks. Rank 0 picks the step (``step``, or the latest), so every rank reads the same
     checkpoint even if LATEST moves meanwhile. ``names``, ``like``, ``strict`` and ``verify`` are this
-    rank's, as for ``CheckpointStore.restore``; without ``names`` or ``like`` a rank reads everything.
+    rank's, as for ``CheckpointStore.restore``, except that ``like`` alone describes only this rank's
+    part: every name in it must be stored and match, and nothing else is read (names only other ranks
+    hold are not a mismatch). Without ``names`` or ``like`` a rank reads everything.
 
     Raises:
         RankFailed: some rank could not restore (missing checkpoint or name, a mismatch with its
@@ -426,7 +437,21 @@ def restore(
     """
 
     def read(chosen: int) -> dict[str, Any]:
-        return store.restore(chosen, names=names, like=like, strict=strict, verify=verify)
+        if like is None or names is not None:
+            return store.restore(chosen, names=names, like=like, strict=strict, verify=verify)
+        # A rank's template covers its own part of the checkpoint: names only other ranks use are not
+        # "unexpected" here, but everything the template asks for must be there and fit.
+        manifest = store.manifest(chosen)
+        where = f"{store.storage.url}@{manifest.step}"
+        mismatches = [m for m in compare(manifest, like, None, where) if m.kind != "unexpected"]
+        if mismatches and strict:
+            raise CheckpointMismatch(where, mismatches)
+        if mismatches:
+            log.warning("%s", CheckpointMismatch(where, mismatches))
+        arrays, scalars = flatten_template(like)
+        bad = {m.name for m in mismatches}
+        wanted = [n for n in list(arrays) + list(scalars) if n not in bad]
+        return store.restore(chosen, names=wanted, verify=verify)
 
     return restore_with(store, coordinator, read, step)
 

@@ -177,6 +177,14 @@ def test_four_ranks_commit_one_manifest_and_restore_at_any_world_size(model_dir)
     whole = CheckpointStore(model_dir.url, storage_options=model_dir.storage_options).restore()
     np.testing.assert_array_equal(whole["model/w"], rank_state(0)["model"]["w"])
 
+    # A template per rank: it need not mention the other ranks' shards, but must match what it names.
+    def restore_like(c: Coordinator) -> Any:
+        like = {"model": {"w": np.zeros((30, 100), np.float32)}, "optim": {f"rank{c.rank}": np.zeros((c.rank + 1, 64), np.float32)}}
+        return distributed.restore(stores[c.rank], c, like=like)
+
+    outs = run_ranks(4, restore_like)
+    assert [sorted(o) for o in outs] == [["model/w", f"optim/rank{r}"] for r in range(4)], outs
+
 
 def test_a_rank_with_invalid_state_aborts_every_rank(url: str) -> None:
     stores = [CheckpointStore(url) for _ in range(4)]
@@ -192,6 +200,7 @@ def test_a_rank_with_invalid_state_aborts_every_rank(url: str) -> None:
     assert all(isinstance(e, RankFailed) for e in errors), errors
     assert len({str(e) for e in errors}) == 1
     assert set(errors[0].failures) == {2} and "rank 2: TypeError" in str(errors[0])
+    assert isinstance(errors[2].__cause__, TypeError) and errors[0].__cause__ is None
     assert stores[0].latest().step == 1
     assert attempt_dirs(stores[0], 2) == set()
 
@@ -284,6 +293,16 @@ def test_restore_fails_on_every_rank_when_one_cannot(url: str) -> None:
     assert all(isinstance(e, RankFailed) for e in errors), errors
     assert list(errors[0].failures) == [1] and "CheckpointMismatch" in errors[0].failures[1]
     assert isinstance(errors[1].__cause__, CheckpointMismatch)
+
+    def restore_like(c: Coordinator) -> Any:
+        like: dict[str, Any] = {"model": {"b": np.zeros(7)}}
+        if c.rank == 2:
+            like["optim/rank9"] = np.zeros(3, np.float32)  # no rank 9 saved anything
+        return distributed.restore(stores[c.rank], c, like=like)
+
+    errors = run_ranks(3, restore_like)
+    assert all(isinstance(e, RankFailed) for e in errors), errors
+    assert list(errors[0].failures) == [2] and "optim/rank9: in the model but not in the checkpoint" in str(errors[0])
 
 
 def test_restore_with_no_checkpoint_fails_on_every_rank(url: str) -> None:
