@@ -263,6 +263,11 @@ def pack(obj: Any, what: str) -> bytes:
 
 
 def encode_manifest(m: Manifest) -> bytes:
+    with _gc_paused():  # 10k tensors are 20k fresh containers: see _gc_paused
+        return _encode_manifest(m)
+
+
+def _encode_manifest(m: Manifest) -> bytes:
     doc = {
         "format": FORMAT_NAME,
         "version": [FORMAT_MAJOR, m.minor],

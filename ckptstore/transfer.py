@@ -9,9 +9,9 @@ takes to saturate a local disk (one does not).
 
 A restore reads straight into page-aligned destination arrays (reading a page-aligned file offset into
 a page-aligned buffer copies 2–3x faster than into numpy's default allocation) and verifies each piece
-right after it lands. Many small tensors are read as one ranged read per run of neighbours into a
-per-thread scratch buffer that is reused, then checked and scattered, so 10k tensors do not cost 10k
-storage calls. ``map_tensors`` is the zero-copy alternative for local disk: read-only arrays that are
+right after it lands. Many small tensors are read as one ranged read per run of neighbours straight
+into a shared arena and returned as views of it, so 10k tensors do not cost 10k storage calls, 10k
+allocations or a second copy. ``map_tensors`` is the zero-copy alternative for local disk: read-only arrays that are
 views of memory-mapped shard files.
 
 An asynchronous save snapshots the state into ``StagingPool`` buffers laid out exactly like the shard
@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import mmap
 import os
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ PIECE = 8 << 20  # checksum/write granularity: big enough for few calls, small e
 SMALL_CHUNK = 1 << 20  # chunks below this are read in batches and scattered
 SMALL_WRITE = 256 << 10  # pieces below this are glued together before they are written
 BATCH_SPAN = 16 << 20  # at most this many bytes per batched read
-BATCH_GAP = 256 << 10  # don't read over holes bigger than this to batch neighbours
+BATCH_GAP = 64 << 10  # don't read (and keep) holes bigger than this to batch neighbours
 ALIGNED_MIN = 64 << 10  # arrays at least this big are allocated page-aligned
 _ZEROS = bytes(ALIGN)
 
@@ -324,39 +323,63 @@ def read_tensors(
     verify: bool,
     workers: int,
 ) -> dict[str, np.ndarray]:
-    """Read ``entries`` into fresh (page-aligned when large) arrays, verifying crc32c unless told not to."""
-    out = {name: empty_aligned(e.shape, dtype_from_name(e.dtype)) for name, e in entries.items()}
-    dests = {name: byte_view(a) for name, a in out.items()}
+    """Read ``entries`` into fresh (page-aligned when large) arrays, verifying crc32c unless told not to.
+
+    Small single-chunk tensors are views into one shared page-aligned arena laid out like their runs
+    in the shard files: each run is one read straight into the arena, then every tensor in it is
+    checked — no allocation, copy or storage call per tensor. (So one kept small tensor keeps the
+    arena alive: at most the small tensors' bytes.)
+    """
     url = storage.url
+    out: dict[str, np.ndarray] = {}
     tasks: list[Callable[[], None]] = []
-    small: dict[str, list[tuple[Chunk, str, int]]] = {}
-    scratch = threading.local()  # one batch buffer per I/O thread, reused: no page faults per batch
+    small: dict[str, list[tuple[Chunk, str]]] = {}
 
     for name, entry in entries.items():
+        chunks = entry.chunks
+        if len(chunks) == 1 and 0 < chunks[0].nbytes < SMALL_CHUNK:
+            small.setdefault(chunks[0].shard, []).append((chunks[0], name))
+            continue
+        arr = out[name] = empty_aligned(entry.shape, dtype_from_name(entry.dtype))
+        dest = byte_view(arr)
         pos = 0
-        for chunk in entry.chunks:
-            if chunk.nbytes >= SMALL_CHUNK:
-                tasks.append(lambda n=name, c=chunk, p=pos: _read_large(storage, url, step_prefix, n, c, dests[n][p : p + c.nbytes], verify))
-            elif chunk.nbytes:
-                small.setdefault(chunk.shard, []).append((chunk, name, pos))
+        for chunk in chunks:
+            if chunk.nbytes:
+                tasks.append(lambda n=name, c=chunk, d=dest[pos : pos + chunk.nbytes]: _read_large(storage, url, step_prefix, n, c, d, verify))
             pos += chunk.nbytes
 
+    runs: list[tuple[str, list[tuple[Chunk, str]], int, int]] = []  # shard, members, arena offset, length
+    arena_size = 0
     for shard, items in small.items():
         items.sort(key=lambda x: x[0].offset)
-        batch: list[tuple[Chunk, str, int]] = []
+        batch: list[tuple[Chunk, str]] = []
         for item in items:
             if batch and (
                 item[0].offset + item[0].nbytes - batch[0][0].offset > BATCH_SPAN
                 or item[0].offset - (batch[-1][0].offset + batch[-1][0].nbytes) > BATCH_GAP
             ):
-                tasks.append(lambda b=batch, s=shard: _read_batch(storage, url, step_prefix, s, b, dests, verify, scratch))
+                length = batch[-1][0].offset + batch[-1][0].nbytes - batch[0][0].offset
+                runs.append((shard, batch, arena_size, length))
+                arena_size += -(-length // ALIGN) * ALIGN  # every run starts page-aligned, as in the file
                 batch = []
             batch.append(item)
         if batch:
-            tasks.append(lambda b=batch, s=shard: _read_batch(storage, url, step_prefix, s, b, dests, verify, scratch))
+            length = batch[-1][0].offset + batch[-1][0].nbytes - batch[0][0].offset
+            runs.append((shard, batch, arena_size, length))
+            arena_size += -(-length // ALIGN) * ALIGN
+    if runs:
+        arena = empty_aligned((arena_size,), np.dtype(np.uint8))
+        for shard, batch, at, length in runs:
+            start = batch[0][0].offset
+            for chunk, name in batch:
+                entry = entries[name]
+                lo = at + chunk.offset - start
+                out[name] = arena[lo : lo + chunk.nbytes].view(dtype_from_name(entry.dtype)).reshape(entry.shape)
+            view = memoryview(arena)[at : at + length]
+            tasks.append(lambda s=shard, b=batch, v=view: _read_run(storage, url, step_prefix, s, b, v, verify))
 
     run_parallel(tasks, workers)
-    return out
+    return {name: out[name] for name in entries}
 
 
 def _read_large(storage: Storage, url: str, prefix: str, name: str, chunk: Chunk, dest: memoryview, verify: bool) -> None:
@@ -373,31 +396,24 @@ def _read_large(storage: Storage, url: str, prefix: str, name: str, chunk: Chunk
         raise _checksum_error(url, key, name, chunk, crc)
 
 
-def _read_batch(
+def _read_run(
     storage: Storage,
     url: str,
     prefix: str,
     shard: str,
-    batch: list[tuple[Chunk, str, int]],
-    dests: Mapping[str, memoryview],
+    batch: list[tuple[Chunk, str]],
+    view: memoryview,
     verify: bool,
-    scratch: threading.local,
 ) -> None:
+    """One read of a run of small chunks into its place in the arena, then each chunk's checksum."""
     key = f"{prefix}/{shard}"
     start = batch[0][0].offset
-    end = max(c.offset + c.nbytes for c, _, _ in batch)
-    buf: np.ndarray | None = getattr(scratch, "buf", None)
-    if buf is None or buf.nbytes < end - start:
-        buf = scratch.buf = empty_aligned((end - start,), np.dtype(np.uint8))
-    view = memoryview(buf)[: end - start]
     storage.read_into(key, start, view)
-    for chunk, name, pos in batch:
-        data = view[chunk.offset - start : chunk.offset - start + chunk.nbytes]
-        if verify:
-            actual = crc32c(data)
+    if verify:
+        for chunk, name in batch:
+            actual = crc32c(view[chunk.offset - start : chunk.offset - start + chunk.nbytes])
             if actual != chunk.crc32c:
                 raise _checksum_error(url, key, name, chunk, actual)
-        dests[name][pos : pos + chunk.nbytes] = data
 
 
 def map_tensors(
