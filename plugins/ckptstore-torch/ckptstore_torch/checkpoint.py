@@ -86,7 +86,7 @@ def restore(
         ckptstore.distributed.RankFailed: with a coordinator, when any rank failed (its error inside).
     """
 
-    def read(chosen: int) -> dict[str, Any]:
+    def read(chosen: int | None) -> dict[str, Any]:
         manifest = store.manifest(chosen)
         where = f"{store.storage.url}@{manifest.step}"
         wanted: list[str] = []
@@ -101,8 +101,8 @@ def restore(
                 continue
             sub = replace(
                 manifest,
-                tensors={n: e for n, e in manifest.tensors.items() if n in stored},
-                scalars={n: v for n, v in manifest.scalars.items() if n in stored and not n.endswith("/" + TREE)},
+                tensors={n: manifest.tensors[n] for n in stored if n in manifest.tensors},
+                scalars={n: manifest.scalars[n] for n in stored if n in manifest.scalars and not n.endswith("/" + TREE)},
             )
             found = compare(sub, template, None, where)
             mismatches += found
@@ -115,7 +115,7 @@ def restore(
         return store.restore(manifest.step, names=wanted, verify=verify)
 
     if coordinator is None:
-        flat = read(store.manifest(step).step)
+        flat = read(step)
     else:
         flat = distributed.restore_with(store, coordinator, read, step)
     return {name: _load(name, obj, flat, strict) for name, obj in objects.items()}

@@ -30,7 +30,11 @@ class TorchDistributedCoordinator:
         timeout: seconds any one collective may wait for the other ranks before it fails with
             ``CoordinationError`` (a rank that died is usually noticed sooner, when its connections drop).
         ranks: global ranks that take part (default: all). Every rank of the default group must still
-            construct the coordinator, since creating a process group is itself collective.
+            construct the coordinator, since creating a process group is itself collective; on a rank
+            outside ``ranks`` it has ``rank == -1`` and its collectives raise ``CoordinationError``.
+
+    After a ``CoordinationError`` from a timeout or a lost peer the group is broken, as any gloo group
+    is: the job is expected to stop and restart (what torchrun's elastic agent does), not to retry.
 
     Raises:
         RuntimeError: torch.distributed is not initialised.
@@ -45,8 +49,9 @@ class TorchDistributedCoordinator:
         self._group = dist.new_group(
             ranks=list(ranks) if ranks is not None else None, timeout=timedelta(seconds=timeout), backend="gloo"
         )
-        self._rank = dist.get_rank(self._group)
-        self._world_size = dist.get_world_size(self._group)
+        member = self._group != dist.GroupMember.NON_GROUP_MEMBER
+        self._rank = dist.get_rank(self._group) if member else -1
+        self._world_size = dist.get_world_size(self._group) if member else len(list(ranks or ()))
 
     @property
     def rank(self) -> int:
@@ -57,6 +62,8 @@ class TorchDistributedCoordinator:
         return self._world_size
 
     def all_gather(self, obj: Any, tag: str) -> list[Any]:
+        if self._rank < 0:
+            raise CoordinationError(f"{tag}: this process is not one of the coordinator's ranks")
         data = pack_message(tag, obj)
         try:
             length = torch.tensor([len(data)], dtype=torch.int64)

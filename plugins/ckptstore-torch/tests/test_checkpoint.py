@@ -93,6 +93,10 @@ def test_module_and_optimizer_resume_exactly(tmp_path) -> None:
     m = model()
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2, betas=(0.8, 0.95))
     train(m, opt, 3)
+    flat = state_of({"model": m, "optim": opt})  # what save hands the store: views, not copies
+    assert flat["model/0.weight"].ctypes.data == m[0].weight.data_ptr()
+    assert flat["model/scale"].dtype == ml_dtypes.bfloat16 and flat["model/scale"].ctypes.data == m.scale.data_ptr()
+    assert flat["optim/state/0/exp_avg"].ctypes.data == opt.state[m[0].weight]["exp_avg"].data_ptr()
     store = CheckpointStore(tmp_path / "md")
     info = ckptstore_torch.save(store, 3, {"model": m, "optim": opt, "epoch": 1})
     stored = set(store.manifest(3).tensors)

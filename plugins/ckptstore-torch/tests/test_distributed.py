@@ -59,8 +59,8 @@ def save_step(md: ModelDir, step: int) -> Any:
 
 def assert_committed(md: ModelDir, step: int) -> None:
     store = open_store(md)
-    assert store.latest().step == step
     flat = store.restore()
+    assert store.latest().step == step
     for rank in range(WORLD):
         expected = rank_objects(rank)[f"shard/rank{rank}"]
         assert checksum(ckptstore_torch.from_numpy(flat[f"shard/rank{rank}"])) == checksum(expected)
@@ -68,6 +68,7 @@ def assert_committed(md: ModelDir, step: int) -> None:
 
 
 def test_four_ranks_save_and_restore(tmp_path, model_dir: ModelDir) -> None:
+    open_store(model_dir).close()  # load the backend's client data once, before the ranks fork
     def scenario(rank: int, coordinator: Any) -> Any:
         store = open_store(model_dir)
         saved = ckptstore_torch.save(store, 10, rank_objects(rank), {"run": "t"}, coordinator=coordinator)
@@ -161,16 +162,19 @@ def test_a_hung_rank_fails_the_others_within_the_timeout(tmp_path, local_dir: Mo
     assert open_store(local_dir).latest() is None
 
 
-def test_rank0_dying_right_after_the_commit_leaves_a_checkpoint_that_restores(tmp_path, local_dir: ModelDir) -> None:
+@pytest.mark.parametrize("dies_after", ["commit_manifest", "advance_latest"])
+def test_rank0_dying_right_after_the_commit_leaves_a_checkpoint_that_restores(
+    tmp_path, local_dir: ModelDir, dies_after: str
+) -> None:
     def scenario(rank: int, coordinator: Any) -> Any:
         save_step(local_dir, 1)(rank, coordinator)
         if rank == 0:
-            real = commit.advance_latest
+            real = getattr(commit, dies_after)
 
-            def advance_then_die(*args: Any, **kwargs: Any) -> Any:
+            def then_die(*args: Any, **kwargs: Any) -> Any:
                 real(*args, **kwargs)
                 os.kill(os.getpid(), signal.SIGKILL)
-            commit.advance_latest = advance_then_die
+            setattr(commit, dies_after, then_die)
         return save_step(local_dir, 2)(rank, coordinator)
 
     results = run_ranks(tmp_path, WORLD, scenario, timeout=TIMEOUT)
@@ -179,6 +183,7 @@ def test_rank0_dying_right_after_the_commit_leaves_a_checkpoint_that_restores(tm
         assert r.error_type == "CoordinationError", r.message
         assert r.seconds < TIMEOUT + 2
     # The other ranks could not know the outcome, so they kept their shards: the checkpoint is whole.
+    # (Dying before LATEST moved, the manifest is the commit: a restarted job rolls LATEST forward.)
     assert_committed(local_dir, 2)
 
 
@@ -193,6 +198,19 @@ def test_coordinator_detects_mismatched_calls(tmp_path) -> None:
     results = run_ranks(tmp_path, 2, scenario, timeout=TIMEOUT)
     assert [r.error_type for r in results] == ["CoordinationError"] * 2, [r.message for r in results]
     assert "this rank is at 'step-1' but rank 1 is at 'step-2'" in results[0].message
+
+
+def test_a_coordinator_over_some_ranks(tmp_path) -> None:
+    def scenario(rank: int, coordinator: Any) -> Any:
+        sub = ckptstore_torch.TorchDistributedCoordinator(timeout=TIMEOUT, ranks=[1, 2])
+        if rank in (1, 2):
+            return [sub.rank, sub.world_size, sub.all_gather(rank, "sub")]
+        with pytest.raises(CoordinationError, match="not one of the coordinator's ranks"):
+            sub.barrier("sub")
+        return [sub.rank]
+
+    results = run_ranks(tmp_path, 3, scenario, timeout=TIMEOUT)
+    assert [r.value for r in results] == [[-1], [0, 2, [1, 2]], [1, 2, [1, 2]]], [r.message for r in results]
 
 
 def test_the_coordinator_needs_an_initialised_job() -> None:
