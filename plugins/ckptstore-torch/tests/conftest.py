@@ -87,6 +87,14 @@ def local_dir(tmp_path: Path) -> ModelDir:
 # ---------------------------------------------------------------------------------------------
 
 
+_CLOCK = {"start": 0.0}
+
+
+def restart_clock() -> None:
+    """Inside a rank: measure ``RankResult.seconds`` from now (e.g. from the start of the save under test)."""
+    _CLOCK["start"] = time.monotonic()
+
+
 @dataclass
 class RankResult:
     rank: int
@@ -95,7 +103,7 @@ class RankResult:
     error_type: str | None = None
     message: str = ""
     failures: dict[str, str] | None = None
-    seconds: float = 0.0  # from the start of the scenario to its return or error, inside the rank
+    seconds: float = 0.0  # inside the rank: from the scenario's start (or ``restart_clock``) to its end
     exitcode: int | None = None
 
 
@@ -145,7 +153,7 @@ def run_ranks(
 def _rank_main(rank: int, world_size: int, run: Path, scenario: Callable[[int, Any], Any], timeout: float) -> None:
     from ckptstore_torch import TorchDistributedCoordinator
 
-    started = time.monotonic()
+    restart_clock()
     try:
         torch.set_num_threads(1)
         dist.init_process_group(
@@ -153,14 +161,14 @@ def _rank_main(rank: int, world_size: int, run: Path, scenario: Callable[[int, A
             timeout=timedelta(seconds=30),
         )
         coordinator = TorchDistributedCoordinator(timeout=timeout)
-        started = time.monotonic()
+        restart_clock()
         result: dict[str, Any] = {"status": "ok", "value": scenario(rank, coordinator)}
     except BaseException as e:  # reported to the test, which asserts on it
         result = {
             "status": "error", "error_type": type(e).__name__, "message": f"{e}\n{traceback.format_exc()}",
             "failures": {str(k): v for k, v in getattr(e, "failures", {}).items()} or None,
         }
-    result["seconds"] = time.monotonic() - started
+    result["seconds"] = time.monotonic() - _CLOCK["start"]
     tmp = run / f".rank{rank}.json"
     tmp.write_text(json.dumps(result, default=str))
     tmp.replace(run / f"rank{rank}.json")

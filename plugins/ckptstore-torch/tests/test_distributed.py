@@ -16,7 +16,7 @@ import ckptstore_torch
 import numpy as np
 import pytest
 import torch
-from conftest import ModelDir, run_ranks
+from conftest import ModelDir, restart_clock, run_ranks
 
 from ckptstore import CheckpointStore, commit, transfer
 from ckptstore.distributed import CoordinationError
@@ -114,6 +114,7 @@ def test_a_rank_that_raises_aborts_the_save_on_every_rank(tmp_path, local_dir: M
             def broken(*args: Any, **kwargs: Any) -> Any:
                 raise OSError("disk on fire")
             transfer.write_shards = broken
+        restart_clock()
         return save_step(local_dir, 2)(rank, coordinator)
 
     results = run_ranks(tmp_path, WORLD, scenario, timeout=TIMEOUT)
@@ -135,13 +136,14 @@ def test_a_rank_killed_mid_save_fails_the_others_within_the_timeout(tmp_path, lo
                 real(*args, **kwargs)
                 os.kill(os.getpid(), signal.SIGKILL)
             transfer.write_shards = write_then_die
+        restart_clock()
         return save_step(local_dir, 2)(rank, coordinator)
 
     results = run_ranks(tmp_path, WORLD, scenario, timeout=TIMEOUT)
     assert results[1].status == "died" and results[1].exitcode == -signal.SIGKILL
     for r in (results[0], results[2], results[3]):
         assert r.error_type == "CoordinationError", r.message
-        assert r.seconds < TIMEOUT + 2
+        assert r.seconds < TIMEOUT + 3, r.seconds
     assert open_store(local_dir).latest().step == 1
     assert open_store(local_dir).restore(1)["epoch"] == 2
 
@@ -154,11 +156,11 @@ def test_a_hung_rank_fails_the_others_within_the_timeout(tmp_path, local_dir: Mo
 
     t0 = time.monotonic()
     results = run_ranks(tmp_path, WORLD, scenario, timeout=TIMEOUT, wait_for={0, 1, 2})
-    assert time.monotonic() - t0 < TIMEOUT + 8
+    assert time.monotonic() - t0 < TIMEOUT + 10
     assert results[3].status == "killed"
     for r in results[:3]:
         assert r.error_type == "CoordinationError", r.message
-        assert TIMEOUT - 0.5 < r.seconds < TIMEOUT + 2, r.seconds
+        assert TIMEOUT - 0.5 < r.seconds < TIMEOUT + 3, r.seconds
     assert open_store(local_dir).latest() is None
 
 
@@ -175,13 +177,14 @@ def test_rank0_dying_right_after_the_commit_leaves_a_checkpoint_that_restores(
                 real(*args, **kwargs)
                 os.kill(os.getpid(), signal.SIGKILL)
             setattr(commit, dies_after, then_die)
+        restart_clock()
         return save_step(local_dir, 2)(rank, coordinator)
 
     results = run_ranks(tmp_path, WORLD, scenario, timeout=TIMEOUT)
     assert results[0].status == "died"
     for r in results[1:]:
         assert r.error_type == "CoordinationError", r.message
-        assert r.seconds < TIMEOUT + 2
+        assert r.seconds < TIMEOUT + 3, r.seconds
     # The other ranks could not know the outcome, so they kept their shards: the checkpoint is whole.
     # (Dying before LATEST moved, the manifest is the commit: a restarted job rolls LATEST forward.)
     assert_committed(local_dir, 2)
