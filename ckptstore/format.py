@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import crc32c as _crc32c
 import msgpack
 import numpy as np
 
@@ -286,7 +287,7 @@ def _encode_manifest(m: Manifest) -> bytes:
         "scalars": dict(m.scalars),
         "metadata": dict(m.metadata),
     }
-    return pack(doc, "manifest")
+    return seal(pack(doc, "manifest"))
 
 
 def encode_latest(p: Latest) -> bytes:
@@ -301,7 +302,39 @@ def encode_latest(p: Latest) -> bytes:
         "metadata": dict(p.metadata),
         "retention": dict(p.retention),
     }
-    return pack(doc, "LATEST pointer")
+    return seal(pack(doc, "LATEST pointer"))
+
+
+# The seal: a last top-level entry "crc32c" whose value, a msgpack uint32 (0xce + 4 big-endian bytes), is
+# the CRC-32C of every byte before that value. The file stays one plain msgpack map, and a flipped bit
+# anywhere — in a tensor name, a scalar, the metadata — is caught before the document is trusted.
+SEAL_KEY = "crc32c"
+_SEAL_KEY_BYTES = b"\xa6" + SEAL_KEY.encode()  # msgpack fixstr of length 6
+_SEAL_TAIL = len(_SEAL_KEY_BYTES) + 5
+
+
+def seal(body: bytes) -> bytes:
+    """Append the ``crc32c`` entry to an encoded top-level map (see ``SEAL_KEY``)."""
+    head = body[0]
+    if 0x80 <= head < 0x8F:
+        header, rest = bytes([head + 1]), body[1:]
+    elif head == 0xDE:
+        header, rest = b"\xde" + (int.from_bytes(body[1:3], "big") + 1).to_bytes(2, "big"), body[3:]
+    else:
+        raise ValueError("only maps of fewer than 65535 entries can be sealed")
+    covered = header + rest + _SEAL_KEY_BYTES
+    return covered + b"\xce" + _crc32c.crc32c(covered).to_bytes(4, "big")
+
+
+def _check_seal(data: bytes, where: str) -> None:
+    if len(data) < _SEAL_TAIL + 1 or data[-_SEAL_TAIL:-5] != _SEAL_KEY_BYTES or data[-5] != 0xCE:
+        raise FormatError(f"{where}: no crc32c seal at the end (truncated, damaged, or not written by ckptstore)")
+    stored = int.from_bytes(data[-4:], "big")
+    actual = _crc32c.crc32c(memoryview(data)[:-5])
+    if stored != actual:
+        raise FormatError(
+            f"{where}: crc32c mismatch (stored {stored:#010x}, computed {actual:#010x}) — the file is damaged"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,6 +345,7 @@ def encode_latest(p: Latest) -> bytes:
 def _unpack(data: bytes, where: str, limit: int) -> Any:
     if len(data) > limit:
         raise FormatError(f"{where}: {len(data)} bytes is larger than the {limit}-byte limit")
+    _check_seal(data, where)
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, **_UNPACK_LIMITS)
     except Exception as e:  # msgpack raises ValueError, StackError, ExtraData, UnicodeDecodeError ...

@@ -22,6 +22,7 @@ from ckptstore.format import (
     dtype_name,
     encode_manifest,
     plan_layout,
+    seal,
 )
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -60,6 +61,7 @@ def test_golden_manifest_is_the_documented_structure():
     big = doc["tensors"]["big"]["chunks"]
     assert [(c[0][-9:], c[1], c[2]) for c in big] == [("00001.bin", 4096, 4096), ("00002.bin", 0, 1904)]
     assert doc["scalars"] == {"lr": 0.5, "name": "iris"} and doc["metadata"] == {"loss": 0.25}
+    assert list(doc)[-1] == "crc32c"  # the seal: see test_the_seal_is_the_crc32c_of_everything_before_it
 
 
 def test_golden_shard_layout_is_aligned_little_endian_c_order():
@@ -144,11 +146,41 @@ def test_unknown_dtype_name_in_a_manifest():
 
 
 def _golden_doc() -> dict:
-    return msgpack.unpackb((GOLDEN / "manifest-v1.msgpack").read_bytes())
+    doc = msgpack.unpackb((GOLDEN / "manifest-v1.msgpack").read_bytes())
+    del doc["crc32c"]
+    return doc
 
 
 def _decode(doc: dict):
-    return decode_manifest(msgpack.packb(doc), "m")
+    return decode_manifest(seal(msgpack.packb(doc)), "m")
+
+
+@pytest.mark.parametrize("name", ["manifest-v1.msgpack", "LATEST-v1.msgpack"])
+def test_the_seal_is_the_crc32c_of_everything_before_it(name):
+    import crc32c
+
+    data = (GOLDEN / name).read_bytes()
+    doc = msgpack.unpackb(data)
+    assert list(doc)[-1] == "crc32c"
+    assert data[-5] == 0xCE and doc["crc32c"] == int.from_bytes(data[-4:], "big") == crc32c.crc32c(data[:-5])
+
+
+@pytest.mark.parametrize("name", ["manifest-v1.msgpack", "LATEST-v1.msgpack"])
+def test_every_flipped_bit_of_a_sealed_file_is_detected(name):
+    data = (GOLDEN / name).read_bytes()
+    decode = decode_manifest if name.startswith("manifest") else decode_latest
+    for pos in range(len(data)):
+        for mask in (0x01, 0x80):
+            damaged = bytearray(data)
+            damaged[pos] ^= mask
+            with pytest.raises(FormatError, match="golden: (crc32c mismatch|no crc32c seal)"):
+                decode(bytes(damaged), "golden")
+
+
+def test_an_unsealed_document_is_refused():
+    doc = _golden_doc()
+    with pytest.raises(FormatError, match="no crc32c seal"):
+        decode_manifest(msgpack.packb(doc), "m")
 
 
 def test_newer_minor_version_is_readable_and_newer_major_is_not():

@@ -24,6 +24,8 @@ import crc32c
 import msgpack
 import numpy as np
 
+from ckptstore.format import seal
+
 HERE = Path(__file__).resolve().parent
 STEP = 7
 SHARD = "attempt-0000000000000000/shard-00000.bin"
@@ -115,12 +117,24 @@ MANIFEST_CASES: dict[str, Case] = {}
 LATEST_CASES: dict[str, Case] = {}
 
 
-def manifest_case(name: str, data: bytes, error: str, why: str) -> None:
-    MANIFEST_CASES[name] = (data, error, why)
+def sealed(data: bytes) -> bytes:
+    """Give every map-shaped case a valid crc32c seal: an attacker can compute one as easily as we can,
+    so the validator behind the seal must catch each attack on its own. Other shapes stay as crafted
+    (they are refused for lacking the seal)."""
+    if data and (0x80 <= data[0] < 0x8F or data[0] == 0xDE):
+        try:
+            return seal(data)
+        except ValueError:
+            return data
+    return data
 
 
-def latest_case(name: str, data: bytes, error: str, why: str) -> None:
-    LATEST_CASES[name] = (data, error, why)
+def manifest_case(name: str, data: bytes, error: str, why: str, *, as_crafted: bool = False) -> None:
+    MANIFEST_CASES[name] = (data if as_crafted else sealed(data), error, why)
+
+
+def latest_case(name: str, data: bytes, error: str, why: str, *, as_crafted: bool = False) -> None:
+    LATEST_CASES[name] = (data if as_crafted else sealed(data), error, why)
 
 
 def _set(path: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
@@ -393,17 +407,17 @@ def build() -> None:
     )
     manifest_case(
         "document-is-a-list", pack([base_manifest()]),
-        rf"{M}: the manifest is a list, not a map", "wrong top-level type",
+        rf"{M}: no crc32c seal at the end", "wrong top-level type (only a map can carry the seal)",
     )
     manifest_case(
-        "document-is-nil", pack(None), rf"{M}: the manifest is a NoneType, not a map", "wrong top-level type",
+        "document-is-nil", pack(None), rf"{M}: no crc32c seal at the end", "wrong top-level type",
     )
 
     # -- msgpack-level attacks -----------------------------------------------------------------------
     invalid = rf"{M}: not a valid msgpack document"
-    manifest_case("empty-file", b"", rf"{invalid} \(ValueError", "a zero-byte manifest")
+    manifest_case("empty-file", b"", rf"{M}: no crc32c seal at the end", "a zero-byte manifest")
     manifest_case(
-        "nested-10000-deep", nested_lists(10_000), rf"{invalid} \(StackError",
+        "nested-10000-deep", b"\x81\xa1x" + nested_lists(10_000), rf"{invalid} \(StackError",
         "nesting that would overflow the C stack of a naive unpacker",
     )
     manifest_case(
@@ -451,8 +465,8 @@ def build() -> None:
         rf"{invalid} \(ValueError: int is not allowed for map key", "non-string map keys",
     )
     manifest_case(
-        "trailing-garbage", pack(base_manifest()) + b"\xc0",
-        rf"{invalid} \(ExtraData", "a second document after the manifest",
+        "trailing-garbage", seal(pack(base_manifest())) + b"\xc0",
+        rf"{M}: no crc32c seal at the end", "bytes appended after a valid manifest", as_crafted=True,
     )
     manifest_case(
         "truncated", pack(base_manifest())[:-3], rf"{invalid} \(ValueError", "a torn manifest",
@@ -509,10 +523,10 @@ def build() -> None:
         "a preallocation bomb",
     )
     latest_case(
-        "nested-10000-deep", nested_lists(10_000), rf"{L}: not a valid msgpack document \(StackError",
+        "nested-10000-deep", b"\x81\xa1x" + nested_lists(10_000), rf"{L}: not a valid msgpack document \(StackError",
         "stack exhaustion",
     )
-    latest_case("empty-file", b"", rf"{L}: not a valid msgpack document", "a torn pointer")
+    latest_case("empty-file", b"", rf"{L}: no crc32c seal at the end", "a torn pointer")
 
 
 def main() -> None:
@@ -527,8 +541,8 @@ def main() -> None:
             rel = f"{folder}/{name}.msgpack"
             (HERE / rel).write_bytes(data)
             cases[rel] = {"error": error, "why": why}
-    (HERE / "base-manifest.msgpack").write_bytes(pack(base_manifest()))
-    (HERE / "base-latest.msgpack").write_bytes(pack(base_latest()))
+    (HERE / "base-manifest.msgpack").write_bytes(sealed(pack(base_manifest())))
+    (HERE / "base-latest.msgpack").write_bytes(sealed(pack(base_latest())))
     (HERE / "base-shard.bin").write_bytes(base_shard())
     (HERE / "cases.json").write_text(json.dumps(cases, indent=1, sort_keys=True) + "\n")
     print(f"wrote {len(cases)} cases to {HERE}")
