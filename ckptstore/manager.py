@@ -4,6 +4,14 @@ A store is bound to one model_dir (a path or any backend URL). ``save`` flattens
 the tensors into shards, commits the manifest and advances LATEST (see ``ckptstore.commit`` for the
 protocol); ``restore`` reads a committed checkpoint back, checking it against a template first when
 given one.
+
+Why background saves look like this: ``save(..., blocking=False)`` blocks the caller only for a copy of
+the state into staging buffers laid out like the shard files (page-aligned, reused by the next
+background save, so steady-state saves pay neither allocation nor page faults), and returns a
+``SaveHandle``, not a ``CheckpointInfo``: nothing is committed yet when it returns, and the handle is
+where the outcome arrives. One save in flight at a time bounds staging memory to one model; the next
+save waits, and an uncollected failure is raised there rather than lost. Every save and restore reports
+its cost (``TransferStats``) on its result and on the ``"ckptstore"`` logger.
 """
 
 from __future__ import annotations

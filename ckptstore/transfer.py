@@ -42,13 +42,17 @@ BATCH_SPAN = 16 << 20  # at most this many bytes per batched read
 BATCH_GAP = 64 << 10  # don't read (and keep) holes bigger than this to batch neighbours
 ALIGNED_MIN = 64 << 10  # arrays at least this big are allocated page-aligned
 _ZEROS = bytes(ALIGN)
+_GIL_FREE_MIN = 64 << 10  # checksum pieces at least this big release the GIL
 
 T = TypeVar("T")
 
 
 def crc32c(data: memoryview | bytes, value: int = 0) -> int:
     """crc32c (Castagnoli), hardware-accelerated; ``value`` continues a previous checksum."""
-    return _crc32c.crc32c(data, value)
+    # The crc32c package holds the GIL by default, so two I/O threads checksumming pieces take turns
+    # (measured here: two threads slower than one) and stall each other's next read or write. Large
+    # pieces release it; for small ones the switch would cost more than the checksum.
+    return _crc32c.crc32c(data, value, gil_release_mode=1 if len(data) >= _GIL_FREE_MIN else 0)
 
 
 def byte_view(arr: np.ndarray) -> memoryview:
