@@ -199,11 +199,6 @@ def test_a_huge_file_is_refused_without_reading_it_whole(tmp_path: Path, key: st
     assert peak <= limit + ALLOCATION_BUDGET, f"{peak} bytes allocated for a {limit}-byte limit"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LocalStorage follows symlinks inside the model_dir (reported; a policy decision for the storage "
-    "layer: O_NOFOLLOW plus a realpath-under-root check, or documenting that a model_dir must be trusted)",
-)
 def test_a_symlinked_shard_is_not_followed_out_of_the_model_dir(tmp_path: Path, outside: Path) -> None:
     """A model_dir from a stranger (an unpacked tarball) may hold symlinks; restore must not follow them out."""
     root = tmp_path / "model_dir"
@@ -213,5 +208,15 @@ def test_a_symlinked_shard_is_not_followed_out_of_the_model_dir(tmp_path: Path, 
     target.write_bytes(shard.read_bytes())  # same bytes, so only the escape itself can fail the restore
     shard.unlink()
     shard.symlink_to(target)
-    with pytest.raises(CkptStoreError):
+    with pytest.raises(CkptStoreError, match="is a symlink; links in a model_dir are not followed"):
+        Recorded(root).store.restore(step=STEP)
+
+
+def test_a_symlinked_step_directory_is_not_followed(tmp_path: Path) -> None:
+    root = tmp_path / "model_dir"
+    _build(root)
+    elsewhere = tmp_path / "elsewhere"
+    (root / f"step-{STEP:012d}").rename(elsewhere)
+    (root / f"step-{STEP:012d}").symlink_to(elsewhere)
+    with pytest.raises(CkptStoreError, match="a directory on the way is a symlink"):
         Recorded(root).store.restore(step=STEP)

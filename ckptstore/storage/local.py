@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -50,6 +51,7 @@ class LocalStorage(StorageBase):
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True):
         self.root = Path(root).expanduser().absolute()
         self.url = f"file://{self.root}"
+        self._real_root = os.path.realpath(self.root)
         self.fsync = fsync
         if self.root.exists() and not self.root.is_dir():
             raise StorageError(f"{self.root}: model_dir exists and is not a directory")
@@ -61,6 +63,23 @@ class LocalStorage(StorageBase):
     # -- helpers -------------------------------------------------------------------------------
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
+
+    def open_for_read(self, key: str) -> int:
+        """A read-only fd for ``key`` that refuses symlinks, so a model_dir from a stranger (an unpacked
+        tarball) cannot make a restore read files outside it. The caller closes the fd."""
+        path = self._path(key)
+        parent = os.path.realpath(path.parent)
+        expected = os.path.join(self._real_root, *key.split("/")[:-1])
+        if parent != expected:
+            raise StorageError(f"{path}: a directory on the way is a symlink; links in a model_dir are not followed")
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise StorageError(f"{path}: is a symlink; links in a model_dir are not followed") from None
+            if e.errno == errno.EISDIR:
+                raise NotFound(f"{path}: not found (it is a directory)") from None
+            raise self._error("read", key, e) from e
 
     def _error(self, op: str, key: str, e: OSError) -> Exception:
         where = f"{self.root}/{key}" if key else str(self.root)
@@ -129,9 +148,9 @@ class LocalStorage(StorageBase):
 
     # -- contract ------------------------------------------------------------------------------
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
-        path = self._path(key)
+        fd = self.open_for_read(key)
         try:
-            with open(path, "rb") as f:
+            with os.fdopen(fd, "rb") as f:
                 if start:
                     f.seek(start)
                 if end is None:
@@ -141,16 +160,13 @@ class LocalStorage(StorageBase):
                 end = min(end, os.fstat(f.fileno()).st_size)
                 return f.read(max(0, end - (start or 0)))
         except IsADirectoryError:
-            raise NotFound(f"{path}: not found (get; it is a directory)") from None
+            raise NotFound(f"{self.root}/{key}: not found (get; it is a directory)") from None
         except OSError as e:
             raise self._error("get", key, e) from e
 
     def read_into(self, key: str, offset: int, out: memoryview) -> None:
         path = self._path(key)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            raise self._error("read", key, e) from e
+        fd = self.open_for_read(key)
         try:
             view = as_bytes_view(out)
             done = 0
@@ -206,11 +222,14 @@ class LocalStorage(StorageBase):
 
     def head(self, key: str) -> ObjectInfo:
         path = self._path(key)
+        fd = self.open_for_read(key)
         try:
-            st = os.stat(path)
+            st = os.fstat(fd)
         except OSError as e:
             raise self._error("head", key, e) from e
-        if not os.path.isfile(path):
+        finally:
+            os.close(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise NotFound(f"{path}: not found (head; it is a directory)")
         return ObjectInfo(key, st.st_size, _version(st), st.st_mtime)
 
