@@ -180,6 +180,14 @@ def test_restore_subset_by_name(model_dir):
 # ---------------------------------------------------------------------------------------------
 
 
+def test_a_name_may_prefix_another(tmp_path):
+    """TF1 names optimizer slots after their variable: "dnn/logits/bias" and "dnn/logits/bias/Adagrad"."""
+    store = CheckpointStore(tmp_path)
+    state = {"dnn/logits/bias": np.zeros(3), "dnn/logits/bias/Adagrad": np.ones(3)}
+    store.save(1, state)
+    assert_same(store.restore(), state)
+
+
 def test_latest_and_list(model_dir):
     store = open_store(model_dir)
     assert store.latest() is None and store.list() == []
