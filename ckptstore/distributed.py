@@ -46,7 +46,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import msgpack
 
 from ckptstore import commit, transfer
-from ckptstore.errors import CheckpointMismatch, CkptStoreError, CommitError
+from ckptstore.errors import CheckpointMismatch, CommitError, CoordinationError, RankFailed
 from ckptstore.format import (
     Chunk,
     Manifest,
@@ -71,23 +71,6 @@ from ckptstore.storage.interface import Storage
 log = logging.getLogger("ckptstore")
 
 T = TypeVar("T")
-
-
-class CoordinationError(CkptStoreError):
-    """A collective failed: a rank died or hung past the timeout, or ranks called mismatched collectives."""
-
-
-class RankFailed(CkptStoreError):
-    """A distributed save or restore failed on one or more ranks; raised identically on every rank.
-
-    Attributes:
-        failures: rank -> ``"ExceptionType: message"`` for every rank that failed.
-    """
-
-    def __init__(self, what: str, failures: Mapping[int, str]):
-        self.failures = dict(sorted(failures.items()))
-        parts = [f"rank {r}: {msg}" for r, msg in self.failures.items()]
-        super().__init__(f"{what} failed on {'; '.join(parts)}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ Each subclass also inherits the builtin a caller would naturally catch (``FileNo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -48,6 +48,23 @@ class CommitError(CkptStoreError):
 
 class PluginError(CkptStoreError, LookupError):
     """A storage backend cannot be found or loaded for a URL."""
+
+
+class CoordinationError(CkptStoreError):
+    """A collective failed: a rank died or hung past the timeout, or ranks called mismatched collectives."""
+
+
+class RankFailed(CkptStoreError):
+    """A distributed save or restore failed on one or more ranks; raised identically on every rank.
+
+    Attributes:
+        failures: rank -> ``"ExceptionType: message"`` for every rank that failed.
+    """
+
+    def __init__(self, what: str, failures: Mapping[int, str]):
+        self.failures = dict(sorted(failures.items()))
+        parts = [f"rank {r}: {msg}" for r, msg in self.failures.items()]
+        super().__init__(f"{what} failed on {'; '.join(parts)}")
 
 
 @dataclass(frozen=True)
