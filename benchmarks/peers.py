@@ -30,6 +30,7 @@ import io
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -84,8 +85,8 @@ def _fs(url: str, options: Mapping[str, Any]) -> tuple[Any, str]:
     return fsspec.core.url_to_fs(url, **options)
 
 
-def make_peers(model: Mapping[str, np.ndarray], workers: int, options: Mapping[str, Any], only: set[str] | None
-               ) -> tuple[list[Peer], dict[str, str]]:
+def make_peers(model: Mapping[str, np.ndarray], workers: int, options: Mapping[str, Any], only: set[str] | None,
+               local: bool = True) -> tuple[list[Peer], dict[str, str]]:
     """Every peer that imports here, and why each missing one is missing."""
     peers: list[Peer] = []
     missing: dict[str, str] = {}
@@ -142,8 +143,9 @@ def make_peers(model: Mapping[str, np.ndarray], workers: int, options: Mapping[s
         return lambda: None
 
     if want("raw"):
+        how = "fsync" if local else "the backend's put"
         peers.append(Peer("raw (best)", raw_save, raw_restore,
-                          f"{len(plan.shards)} files × {workers} threads, fsync, page-aligned reads", remote=True,
+                          f"{len(plan.shards)} files × {workers} threads, {how}, page-aligned reads", remote=True,
                           save_async=raw_async,
                           async_note=f"only a copy of the model into allocated memory, {workers} threads"))
 
@@ -370,6 +372,7 @@ def run(peers: list[Peer], model: Mapping[str, np.ndarray], root: str, repeat: i
                 s, m = _measure(lambda peer=peer, where=where: peer.restore(where))
                 rec.seconds["restore_warm"].append(s)
                 rec.rss["restore_warm"].append(m)
+                log(f"r{rep + 1} {peer.name}: save {rec.seconds['save'][-1]:.2f} s, warm restore {s:.2f} s")
                 if peer.save_async is not None:
                     # Steady state: a first async save (untimed) sets up what the peer reuses.
                     bg = f"{where}-async"
@@ -385,8 +388,8 @@ def run(peers: list[Peer], model: Mapping[str, np.ndarray], root: str, repeat: i
                     finally:
                         peer.save_async(model, bg, -1)()
                         _remove(bg, options, local)
-                log(f"r{rep + 1} {peer.name}: save {rec.seconds['save'][-1]:.2f} s, "
-                    f"warm restore {s:.2f} s")
+                if rec.seconds["save_blocked"]:
+                    log(f"r{rep + 1} {peer.name}: async save blocked {rec.seconds['save_blocked'][-1]:.2f} s")
             except Exception as e:  # one broken peer must not sink the comparison; it is reported
                 rec.errors.append(f"{type(e).__name__}: {e}")
                 log(f"r{rep + 1} {peer.name}: FAILED {type(e).__name__}: {e}")
@@ -457,6 +460,7 @@ def summarize(records: Mapping[str, Record], nbytes: int, baseline: str) -> dict
 
 def markdown(summary: Mapping[str, Any], peers: list[Peer], missing: Mapping[str, str], meta: Mapping[str, Any]) -> str:
     m = meta["machine"]
+    unit = "×naive" if meta["local"] else "×raw"
     lines = [
         f"# ckptstore vs peers — {meta['location']}",
         "",
@@ -470,13 +474,17 @@ def markdown(summary: Mapping[str, Any], peers: list[Peer], missing: Mapping[str
         f"{m['loadavg_at_start']} and end {meta['loadavg_at_end']} (the machine is shared: other jobs ran too).  ",
         "Packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v != "not installed") + ".",
         "",
-        "Throughput is MB/s of tensor bytes, median [min–max]; **×naive** is the median throughput as a multiple of "
-        "the naive one-file-per-tensor writer/reader in the same run (the unit used in "
-        "`shared/notes/performance.md`). Save = the call + fsync of every file it wrote. Cold = after "
-        "posix_fadvise(DONTNEED) of those files. Peak extra RSS is the highest resident-memory rise during the "
-        "call, as a multiple of the model size.",
+        ("Throughput is MB/s of tensor bytes, median [min–max]; **×naive** is the median throughput as a "
+         "multiple of the naive one-file-per-tensor writer/reader in the same run (the unit used in "
+         "`shared/notes/performance.md`). Save = the call + fsync of every file it wrote. Cold = after "
+         "posix_fadvise(DONTNEED) of those files." if meta["local"] else
+         "Throughput is MB/s of tensor bytes, median [min–max]; **×raw** is the median throughput as a multiple "
+         "of the raw baseline (the backend's own put/read_into of the same bytes, same threads) in the same run. "
+         "Save = until the store acknowledged every object. No cold restore: the server's cache is out of reach; "
+         "restores read over loopback HTTP from a server sharing the 2 cores.") +
+        " Peak extra RSS is the highest resident-memory rise during the call, as a multiple of the model size.",
         "",
-        "| implementation | durable save MB/s | ×naive | cold restore MB/s | ×naive | warm restore MB/s | ×naive "
+        f"| implementation | durable save MB/s | {unit} | cold restore MB/s | {unit} | warm restore MB/s | {unit} "
         "| peak extra RSS save / restore |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -599,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     nbytes = sum(sizes)
     local = args.url is None
     only = set(args.only.split(",")) if args.only else None
-    peers, missing = make_peers(model, args.workers, options, only)
+    peers, missing = make_peers(model, args.workers, options, only, local)
     if not local:
         peers = [x for x in peers if x.remote]
     root = args.url or tempfile.mkdtemp(prefix="ckptstore-peers-", dir=args.dir)
@@ -614,17 +622,19 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if local:
             shutil.rmtree(root, ignore_errors=True)
-    summary = summarize(records, nbytes, "naive file/tensor")
+    baseline = "naive file/tensor" if local else "raw (best)"
+    summary = summarize(records, nbytes, baseline)
     location = "local disk" if local else args.url.split("://")[0] + "://"
     meta = {
-        "command": "python benchmarks/peers.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])
-                                                               if "secret" not in a and "key=" not in a),
+        "command": "python benchmarks/peers.py " + " ".join(
+            shlex.quote(re.sub(r"((?:key|secret|token|password)=).*", r"\1…", a)) for a in (argv or sys.argv[1:])),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
         "seconds": time.time() - started,
         "location": location,
         "nbytes": nbytes, "num_tensors": len(sizes), "preset": args.preset, "sizes": bench.describe_sizes(sizes),
         "repeat": args.repeat, "workers": args.workers,
         "machine": meta_machine, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+        "local": local, "baseline": baseline,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.name or f"peers-{'local' if local else args.url.split('://')[0]}-{bench.format_size(nbytes).replace(' ', '')}"

@@ -507,6 +507,8 @@ def environment() -> dict[str, Any]:
         env["memory_bytes"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         pass
+    if hasattr(os, "getloadavg"):
+        env["loadavg"] = [round(x, 2) for x in os.getloadavg()]  # a busy machine explains wide min–max ranges
     return env
 
 
@@ -743,6 +745,12 @@ def format_report(result: BenchResult) -> str:
         f"({c.preset}: {describe_sizes(result.sizes)}); {result.shards} shard(s) of ≤ "
         f"{format_size(c.max_shard_size)}; {result.workers} worker(s); {c.repeat} repeat(s)",
         f"cold:    {result.cold_note}",
+    ]
+    env = result.environment
+    if "loadavg" in env:
+        lines.append(f"machine: {env.get('nproc')} cores, load average {env['loadavg'][0]:.2f} at the end "
+                     "(other work on the machine widens the min–max ranges)")
+    lines += [
         "",
     ]
     rows = [["operation", "impl", "median", "min", "max", "MB/s", "peak extra RSS", "ckptstore/raw"]]
