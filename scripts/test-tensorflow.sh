@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the ckptstore-tensorflow plugin tests against each supported TensorFlow variant.
 #
-# Usage: scripts/test-tensorflow.sh [tf215|tf221 ...] [-- PYTEST_ARGS...]   (default: both variants)
+# Usage: scripts/test-tensorflow.sh [--install-only] [tf215|tf221 ...] [-- PYTEST_ARGS...]   (default: both)
 #
 # Each variant lives in its own virtualenv beside the repo, because TF 2.15 (the last release with
 # tf.estimator) pins numpy < 2 and protobuf < 5 while TF 2.21 brings Keras 3; they cannot share one.
@@ -17,8 +17,10 @@ plugin="$repo/plugins/ckptstore-tensorflow"
 
 variants=()
 pytest_args=()
+install_only=0
 while [ $# -gt 0 ]; do
     case "$1" in
+        --install-only) install_only=1; shift ;;
         --) shift; pytest_args=("$@"); break ;;
         *) variants+=("$1"); shift ;;
     esac
@@ -60,6 +62,7 @@ ensure_venv() {
 status=0
 for variant in "${variants[@]}"; do
     ensure_venv "$variant"
+    [ "$install_only" = 1 ] && continue
     echo "test-tensorflow: $variant: running plugin tests"
     start=$SECONDS
     # TF's C++ banner and oneDNN notices drown pytest's output; they carry no test information.

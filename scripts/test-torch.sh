@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the ckptstore-torch plugin tests in their own virtualenv, .venv-torch beside the repo.
 #
-# Usage: scripts/test-torch.sh [PYTEST_ARGS...]
+# Usage: scripts/test-torch.sh [--install-only] [PYTEST_ARGS...]
 #
 # torch is pinned to 2.13.0: pip takes that CPU build from a file on this machine's disk, whereas an
 # unpinned torch (asked for directly or by Lightning) would download a multi-GB CUDA build. The pin is
@@ -11,6 +11,9 @@
 # a pyproject.toml changed, or an import fails.
 set -euo pipefail
 set -f  # requirement specifiers like moto[s3] are not globs
+
+install_only=0
+if [ "${1:-}" = "--install-only" ]; then install_only=1; shift; fi
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 plugin="$repo/plugins/ckptstore-torch"
@@ -49,6 +52,7 @@ else
     echo "$want" > "$stamp"
 fi
 flock -u 9
+[ "$install_only" = 1 ] && exit 0
 
 echo "test-torch: running plugin tests"
 start=$SECONDS

@@ -12,14 +12,27 @@ status=0
 
 bash scripts/install-test-deps.sh "$repo/.venv" || exit 1
 
+# The plugin environments (TensorFlow x2, torch: mostly download and unpack) are built while the core
+# suite runs, so the wait for them overlaps with tests instead of adding to it.
+logs="$(mktemp -d)"
+# One after the other: two pip runs building the same editable checkout at once could collide.
+( bash scripts/test-tensorflow.sh --install-only > "$logs/tf-install.log" 2>&1; echo $? > "$logs/tf.rc"
+  bash scripts/test-torch.sh --install-only > "$logs/torch-install.log" 2>&1; echo $? > "$logs/torch.rc" ) &
+installs=$!
+
 echo "== core suite"
 .venv/bin/python -m pytest -q -p no:cacheprovider tests "$@" || status=1
+echo "== core suite done at $SECONDS s"
 
-for plugin_script in scripts/test-tensorflow.sh scripts/test-torch.sh; do
-    if [ -f "$plugin_script" ]; then
-        echo "== $plugin_script"
-        bash "$plugin_script" || status=1
+wait "$installs"
+for job in tf:scripts/test-tensorflow.sh torch:scripts/test-torch.sh; do
+    name="${job%%:*}"; script="${job#*:}"
+    if [ "$(cat "$logs/$name.rc" 2>/dev/null)" != 0 ]; then
+        echo "== installing the $name environment failed:"; cat "$logs/$name-install.log"; status=1; continue
     fi
+    echo "== $script"
+    bash "$script" || status=1
+    echo "== $script done at $SECONDS s"
 done
 
 exit $status
