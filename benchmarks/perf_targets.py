@@ -1,0 +1,590 @@
+"""Issue 9's performance targets: ckptstore next to its raw baselines, interleaved, in one run.
+
+Usage (writes ``benchmarks/results/perf_targets.md`` and ``.json``)::
+
+    .venv/bin/python benchmarks/perf_targets.py --repeat 5 [--dir /path/on/the/disk/under/test]
+
+Every throughput row pairs a ckptstore operation with a baseline doing the same job on the same disk in
+the same repetition; who goes first alternates between repetitions and the report gives medians, so a
+shared, drifting machine hurts both sides alike. Baselines:
+
+- best raw writer: the same tensor bytes in 2 files, written by 2 threads with 8 MiB writes and fsync
+  (no checksums, no padding, no manifest, no commit) — the fastest durable writer measured here;
+- raw reader: those 2 files read by 2 threads into page-aligned buffers with one ``preadv`` each;
+- naive: one file per tensor, written and fsync'd one after another, read back into ``np.empty`` arrays
+  — the yardstick of the peer measurements in ``shared/notes/performance.md`` (DCP 1.57× naive, etc.);
+- memcpy: the model copied into preallocated page-aligned buffers — the floor for a snapshot.
+
+Cold restores evict the files from the page cache with ``posix_fadvise(DONTNEED)`` before each read.
+CPU-bound rows (manifest) report thread CPU time next to wall time, because other engineers' tests
+share the two cores.
+"""
+
+# ruff: noqa: B023  (the lambdas run within the repetition that defines them)
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ckptstore import commit  # noqa: E402
+from ckptstore.bench import RawBaseline, RssSampler, describe_sizes, drop_cache, synthetic_model, tensor_sizes  # noqa: E402
+from ckptstore.format import decode_manifest, encode_manifest, step_dir  # noqa: E402
+from ckptstore.manager import CheckpointStore  # noqa: E402
+from ckptstore.storage.local import LocalStorage  # noqa: E402
+from ckptstore.testing import FaultInjectingStorage  # noqa: E402
+from ckptstore.transfer import empty_aligned  # noqa: E402
+
+GB = 1e9
+_ORDERS = ([0, 1, 2], [2, 0, 1], [1, 2, 0], [2, 1, 0], [0, 2, 1], [1, 0, 2])
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+
+
+def large_model(total: int) -> dict[str, np.ndarray]:
+    """The notes' peer model: 94% of the bytes in ~64 MiB tensors, 200 small ones."""
+    return synthetic_model(tensor_sizes(total, "mixed"))
+
+
+def small_model(total: int, count: int, seed: int = 1) -> dict[str, np.ndarray]:
+    """``count`` tensors log-uniform in [4 KiB, 1 MiB], scaled to about ``total`` bytes (clipped to the range)."""
+    rng = np.random.default_rng(seed)
+    raw = np.exp(rng.uniform(math.log(4096), math.log(1 << 20), count))
+    scale = min(1.0, total / raw.sum())
+    sizes = np.clip(raw * scale, 4096, 1 << 20).astype(np.int64) // 4 * 4
+    return synthetic_model([int(s) for s in sizes], seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines
+# ---------------------------------------------------------------------------------------------
+
+
+def naive_save(root: Path, model: Mapping[str, np.ndarray]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for i, arr in enumerate(model.values()):
+        fd = os.open(root / f"t{i:05d}.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(arr.reshape(-1).view(np.uint8))
+            while len(view):
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    os.fsync(fd)
+    os.close(fd)
+
+
+def naive_restore(root: Path, model: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    out = []
+    for i, arr in enumerate(model.values()):
+        dest = np.empty(arr.shape, arr.dtype)
+        with open(root / f"t{i:05d}.bin", "rb", buffering=0) as f:
+            f.readinto(memoryview(dest.reshape(-1).view(np.uint8)))
+        out.append(dest)
+    return out
+
+
+def memcpy_into(buffers: list[np.ndarray], model: Mapping[str, np.ndarray]) -> None:
+    pos = 0
+    buf = buffers[0]
+    for arr in model.values():
+        src = arr.reshape(-1).view(np.uint8)
+        np.copyto(buf[pos : pos + src.nbytes], src)
+        pos += src.nbytes
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, int, Any]:
+    gc.collect()
+    with RssSampler(0.002) as rss:
+        started = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - started
+    return seconds, rss.peak_extra, result
+
+
+class Series:
+    def __init__(self) -> None:
+        self.runs: dict[str, list[float]] = {}
+
+    def add(self, key: str, value: float) -> None:
+        self.runs.setdefault(key, []).append(value)
+
+    def med(self, key: str) -> float:
+        return statistics.median(self.runs[key])
+
+    def spread(self, key: str) -> str:
+        v = self.runs[key]
+        return f"{min(v):.3g}–{max(v):.3g}"
+
+
+def machine() -> dict[str, Any]:
+    def sh(cmd: str) -> str:
+        try:
+            return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=10).stdout.strip()
+        except Exception as e:  # a description, not a requirement
+            return f"({e})"
+
+    return {
+        "cpu": sh("lscpu | grep -E 'Model name|^CPU\\(s\\)|L2|L3' | tr -s ' ' | paste -sd ';'"),
+        "memory": sh("free -g | awk '/Mem/ {print $2 \" GiB\"}'"),
+        "disk": sh("df -hT . | tail -1"),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "thp": sh("cat /sys/kernel/mm/transparent_hugepage/enabled"),
+    }
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def run(base: Path, total: int, repeat: int, small_count: int) -> dict[str, Any]:
+    model = large_model(total)
+    small = small_model(total, small_count)
+    nbytes = sum(a.nbytes for a in model.values())
+    small_nbytes = sum(a.nbytes for a in small.values())
+    s = Series()
+    rss = Series()
+    notes: dict[str, Any] = {"load_start": loadavg()}
+    async_root = base / "async"
+    async_store = CheckpointStore(async_root, workers=2)
+    staging_bytes = 0
+    staging_reused = True
+    aligned = [empty_aligned((nbytes,), np.dtype(np.uint8))]
+    aligned[0].fill(0)  # the memcpy floor copies into warm memory, as a reused staging pool does
+
+    for rep in range(repeat):
+        rep_dir = base / f"r{rep}"
+        rep_dir.mkdir(parents=True)
+        store = CheckpointStore(rep_dir / "ckpt", workers=2)
+        small_store = CheckpointStore(rep_dir / "small", workers=2)
+        plan = store._plan([(n, a.nbytes) for n, a in model.items()])
+        raw = RawBaseline(str(rep_dir / "raw"))
+        naive_root = rep_dir / "naive"
+        order = _ORDERS[rep % len(_ORDERS)]  # every implementation takes every position in turn
+
+        # -- durable save ------------------------------------------------------------------
+        saves: list[tuple[str, Callable[[], Any]]] = [
+            ("save/ckptstore", lambda: store.save(1, model)),
+            ("save/raw", lambda: raw.save(model, plan, 2)),
+            ("save/naive", lambda: naive_save(naive_root, model)),
+        ]
+        for i in order:
+            key, fn = saves[i]
+            sec, peak, _ = timed(fn)
+            s.add(key, sec)
+            rss.add(key, peak)
+        sec, peak, _ = timed(lambda: small_store.save(1, small))
+        s.add("save/small", sec)
+        rss.add("save/small", peak)
+
+        # -- cold restore ------------------------------------------------------------------
+        restores: list[tuple[str, Callable[[], Any], Path]] = [
+            ("cold/ckptstore", lambda: store.restore(1), rep_dir / "ckpt"),
+            ("cold/raw", lambda: raw.restore(2), rep_dir / "raw"),
+            ("cold/naive", lambda: naive_restore(naive_root, model), naive_root),
+        ]
+        for i in order:
+            key, fn, path = restores[i]
+            drop_cache([path], "fadvise")
+            sec, peak, out = timed(fn)
+            del out
+            s.add(key, sec)
+            rss.add(key, peak)
+        drop_cache([rep_dir / "small"], "fadvise")
+        sec, _, out = timed(lambda: small_store.restore(1))
+        del out
+        s.add("cold/small", sec)
+
+        # -- warm restore (everything is in the page cache now) ----------------------------
+        for i in order:
+            key, fn, _ = restores[i]
+            sec, peak, out = timed(fn)
+            del out
+            s.add(key.replace("cold/", "warm/"), sec)
+            rss.add(key.replace("cold/", "warm/"), peak)
+        sec, _, out = timed(lambda: small_store.restore(1))
+        del out
+        s.add("warm/small", sec)
+        sec, peak, out = timed(lambda: store.restore(1, mmap=True))
+        s.add("warm/mmap-open", sec)
+        rss.add("warm/mmap-open", peak)
+        touched = time.perf_counter()
+        total_sum = sum(float(a.reshape(-1).view(np.uint8)[::4096].sum()) for a in out.values() if isinstance(a, np.ndarray))
+        s.add("warm/mmap-touch", time.perf_counter() - touched)
+        del out, total_sum
+
+        # -- background save ---------------------------------------------------------------
+        for label, fn in (
+            ("async", lambda: async_store.save(rep + 1, model, blocking=False)),
+            ("memcpy", lambda: memcpy_into(aligned, model)),
+        ) if rep % 2 == 0 else (
+            ("memcpy", lambda: memcpy_into(aligned, model)),
+            ("async", lambda: async_store.save(rep + 1, model, blocking=False)),
+        ):
+            sec, peak, handle = timed(fn)
+            if label == "async":
+                ids = [id(b) for b in async_store._staging._buffers]
+                info = handle.result()
+                s.add("async/blocked" if rep else "async/blocked-first", handle.blocked_seconds)
+                s.add("async/total", info.stats.seconds)
+                staging_bytes = async_store._staging.nbytes
+                if rep:
+                    staging_reused = staging_reused and ids == previous_ids  # noqa: F821
+                previous_ids = ids  # noqa: F841
+            else:
+                s.add("async/memcpy", sec)
+        # keep one background checkpoint on disk at a time
+        for old in async_store.list()[:-1]:
+            commit.delete_step(async_store.storage, old.step, commit.attempts_of(async_store.manifest(old.step)))
+
+        store.close()
+        small_store.close()
+        raw.close()
+        shutil.rmtree(rep_dir, ignore_errors=True)
+        print(f"repetition {rep + 1}/{repeat} done (load {loadavg()})", file=sys.stderr, flush=True)
+    async_store.close()
+    notes["load_end"] = loadavg()
+
+    # -- manifest encode + decode (10k tensors) ---------------------------------------------
+    mstore = CheckpointStore(base / "manifest", workers=2)
+    mstore.save(1, small)
+    manifest = mstore.manifest(1)
+    data = encode_manifest(manifest)
+    doc = msgpack.unpackb(data)
+    for _ in range(max(15, repeat * 3)):
+        for key, fn in (
+            ("encode", lambda: encode_manifest(manifest)),
+            ("decode", lambda: decode_manifest(data, "bench")),
+            ("msgpack-pack", lambda: msgpack.packb(doc)),
+            ("msgpack-unpack", lambda: msgpack.unpackb(data)),
+        ):
+            wall = time.perf_counter()
+            cpu = time.thread_time()
+            fn()
+            s.add(f"manifest/{key}/cpu", time.thread_time() - cpu)
+            s.add(f"manifest/{key}/wall", time.perf_counter() - wall)
+    mstore.close()
+
+    # -- latest lookup with 1000 checkpoints --------------------------------------------------
+    latest_rows = {}
+    for count in (10, 1000):
+        root = base / f"latest-{count}"
+        writer = CheckpointStore(root, workers=1)
+        writer.save(0, {"w": np.zeros(4, np.float32)})
+        first = writer.manifest(0)
+        shard_keys = [o.key for o in writer.storage.list("step-000000000000/") if o.key.endswith(".bin")]
+        for step in range(1, count):
+            for key in shard_keys:
+                writer.storage.put(key.replace(step_dir(0), step_dir(step)), writer.storage.get(key))
+            m = replace(first, step=step)
+            commit.commit_manifest(writer.storage, m, overwrite=False)
+        commit.advance_latest(writer.storage, commit.latest_from_manifest(replace(first, step=count - 1)))
+        counted = FaultInjectingStorage(LocalStorage(root))
+        reader = CheckpointStore(storage=counted)
+        reader.latest()
+        first_calls = len(counted.calls)
+        times = []
+        for _ in range(50):
+            counted.calls.clear()
+            t = time.perf_counter()
+            info = reader.latest()
+            times.append(time.perf_counter() - t)
+            assert info is not None and info.step == count - 1
+        latest_rows[count] = {
+            "first_call_storage_calls": first_calls,
+            "storage_calls": len(counted.calls),
+            "calls": counted.calls,
+            "median_ms": statistics.median(times) * 1e3,
+        }
+
+    return {
+        "nbytes": nbytes,
+        "num_tensors": len(model),
+        "describe": describe_sizes([a.nbytes for a in model.values()]),
+        "small_nbytes": small_nbytes,
+        "small_sizes": sorted(a.nbytes for a in small.values()),
+        "shards": len(plan.shards),
+        "run_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "series": s.runs,
+        "rss": rss.runs,
+        "staging_bytes": staging_bytes,
+        "staging_reused": staging_reused,
+        "latest": latest_rows,
+        "notes": notes,
+        "repeat": repeat,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def report(r: dict[str, Any], command: str, env: dict[str, Any]) -> str:
+    runs = r["series"]
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    rss = {k: max(v) for k, v in r["rss"].items()}
+    n, ns = r["nbytes"], r["small_nbytes"]
+
+    def tp(key: str, nb: int = n) -> str:
+        return f"{nb / med[key] / 1e6:,.0f} MB/s"
+
+    def ok(flag: bool) -> str:
+        return "**met**" if flag else "**not met**"
+
+    def ratio(fast: str, slow: str, scale: float = 1.0) -> tuple[float, float, float]:
+        """Throughput of ``slow``'s side over ``fast``'s: (ratio of medians, median of per-repetition
+        ratios, ratio of the best runs). The timings are ``fast`` = baseline time, ``slow`` = ckptstore time."""
+        a, b = runs[fast], runs[slow]
+        paired = statistics.median(x / y for x, y in zip(a, b, strict=False))
+        return scale * med[fast] / med[slow], scale * paired, scale * min(a) / min(b)
+
+    def show(r: tuple[float, float, float]) -> str:
+        return f"{r[1]:.2f}× (ratio of medians {r[0]:.2f}×, of best runs {r[2]:.2f}×)"
+
+    save_r = ratio("save/raw", "save/ckptstore")
+    warm_r = ratio("warm/raw", "warm/ckptstore")
+    cold_r = ratio("cold/raw", "cold/ckptstore")
+    save_ratio, warm_ratio, cold_ratio = save_r[1], warm_r[1], cold_r[1]
+    save_naive = ratio("save/naive", "save/ckptstore")[1]
+    warm_naive = ratio("warm/naive", "warm/ckptstore")[1]
+    small_save_r = ratio("save/ckptstore", "save/small", ns / n)
+    small_warm_r = ratio("warm/ckptstore", "warm/small", ns / n)
+    small_cold_r = ratio("cold/ckptstore", "cold/small", ns / n)
+    small_save, small_warm, small_cold = small_save_r[1], small_warm_r[1], small_cold_r[1]
+    enc_cpu = med["manifest/encode/cpu"] * 1e3
+    dec_cpu = med["manifest/decode/cpu"] * 1e3
+    enc_wall = med["manifest/encode/wall"] * 1e3
+    dec_wall = med["manifest/decode/wall"] * 1e3
+    mp_cpu = (med["manifest/msgpack-pack/cpu"] + med["manifest/msgpack-unpack/cpu"]) * 1e3
+    blocked = med["async/blocked"] / (n / GB)
+    memcpy = med["async/memcpy"] / (n / GB)
+    sizes = r["small_sizes"]
+    lat = r["latest"]
+    lines = [
+        "# Issue 9 performance targets — ckptstore next to its baselines",
+        "",
+        f"Command: `{command}`"
+        + (" (the repetitions of these runs pooled with `--render` of their .json files)  " if " ; " in command else "  "),
+        f"Run: {r['run_at']}, {r['repeat']} interleaved repetitions "
+        "(order rotated), medians; load average at start/end: "
+        f"{r['notes']['load_start']} / {r['notes']['load_end']} on 2 cores (shared with other engineers' tests).",
+        "",
+        "Machine: " + "; ".join(f"{k}: {v}" for k, v in env.items()),
+        "",
+        f"Large model: {n / 2**30:.2f} GiB float32 in {r['num_tensors']} tensors ({r['describe']}), "
+        f"{r['shards']} shards, 2 workers. Many-small model: {len(sizes)} tensors, {ns / 2**30:.2f} GiB, "
+        f"{sizes[0] / 1024:.0f} KiB – {sizes[-1] / 1024:.0f} KiB (median {sizes[len(sizes) // 2] / 1024:.0f} KiB), "
+        "log-uniform. Checksums on (crc32c computed on save, verified on every restore).",
+        "",
+        "Ratios are ckptstore's throughput over the baseline's: the median of the per-repetition ratios (each "
+        "pair measured back to back, so drift cancels) — the verdict — then the ratio of the medians and of the "
+        "best runs. The last approximates an uncontended machine.",
+        "",
+        "| target | ckptstore | baseline (same run) | ratio | target | |",
+        "|---|---|---|---|---|---|",
+        f"| durable save, local disk | {med['save/ckptstore']:.2f} s = {tp('save/ckptstore')} | best raw writer "
+        f"(2 files × 2 threads, fsync) {med['save/raw']:.2f} s = {tp('save/raw')} | {show(save_r)} | ≥ 0.9× | "
+        f"{ok(save_ratio >= 0.9)} |",
+        f"| … vs naive (peer yardstick) | {save_naive:.2f}× naive | naive one-file-per-tensor {med['save/naive']:.2f} s "
+        f"= {tp('save/naive')} | peers (notes): DCP 1.57×, safetensors 1.45×, torch.save 1.0×, orbax 0.58× naive | "
+        f"ahead of every peer | {ok(save_naive > 1.57)} |",
+        f"| warm restore | {med['warm/ckptstore']:.2f} s = {tp('warm/ckptstore')} | raw reader, aligned, 2 threads "
+        f"{med['warm/raw']:.2f} s = {tp('warm/raw')} | {show(warm_r)} | ≥ 0.8× | {ok(warm_ratio >= 0.8)} |",
+        f"| … vs naive (peer yardstick) | {warm_naive:.2f}× naive | naive {med['warm/naive']:.2f} s = "
+        f"{tp('warm/naive')} | peers (notes): np.save 2.47×, torch.save 0.87×, safetensors 0.85×, DCP 0.49× | | |",
+        f"| cold restore | {med['cold/ckptstore']:.2f} s = {tp('cold/ckptstore')} | raw reader {med['cold/raw']:.2f} s "
+        f"= {tp('cold/raw')} | {show(cold_r)} | ≥ 0.9× | {ok(cold_ratio >= 0.9)} |",
+        f"| extra memory, save | {rss['save/ckptstore'] / n:.3f}× model ({rss['save/ckptstore'] / 2**20:.0f} MiB peak) "
+        f"| raw {rss['save/raw'] / n:.3f}× | | ≤ 0.05× | {ok(rss['save/ckptstore'] / n <= 0.05)} |",
+        f"| extra memory, restore (arrays included) | {max(rss['warm/ckptstore'], rss['cold/ckptstore']) / n:.3f}× "
+        f"| raw {max(rss['warm/raw'], rss['cold/raw']) / n:.3f}× | | ≤ 1.05× | "
+        f"{ok(max(rss['warm/ckptstore'], rss['cold/ckptstore']) / n <= 1.05)} |",
+        f"| many small tensors, save | {med['save/small']:.2f} s = {tp('save/small', ns)} | large-tensor save "
+        f"{tp('save/ckptstore')} | {show(small_save_r)} | ≥ 0.8× | {ok(small_save >= 0.8)} |",
+        f"| many small tensors, warm restore | {med['warm/small']:.2f} s = {tp('warm/small', ns)} | large-tensor warm "
+        f"restore {tp('warm/ckptstore')} | {show(small_warm_r)} | ≥ 0.8× | {ok(small_warm >= 0.8)} |",
+        f"| many small tensors, cold restore | {med['cold/small']:.2f} s = {tp('cold/small', ns)} | large-tensor cold "
+        f"restore {tp('cold/ckptstore')} | {show(small_cold_r)} | ≥ 0.8× | {ok(small_cold >= 0.8)} |",
+        f"| manifest encode + decode, {len(sizes)} tensors | CPU {enc_cpu:.1f} + {dec_cpu:.1f} = "
+        f"{enc_cpu + dec_cpu:.1f} ms (wall {enc_wall + dec_wall:.1f} ms) | bare msgpack pack + unpack of the same "
+        f"document: CPU {mp_cpu:.1f} ms (notes, idle machine: 4.5 + 14.6 = 19.1 ms) | "
+        f"{(enc_cpu + dec_cpu) / mp_cpu:.1f}× msgpack | < 30 ms | {ok(enc_cpu + dec_cpu < 30)} |",
+        f"| latest lookup, 1000 checkpoints | {lat[1000]['storage_calls']} storage call(s) "
+        f"({', '.join(f'{m} {k}' for m, k in lat[1000]['calls'])}), {lat[1000]['median_ms']:.2f} ms | 10 checkpoints: "
+        f"{lat[10]['storage_calls']} call(s), {lat[10]['median_ms']:.2f} ms | first call per store: "
+        f"{lat[1000]['first_call_storage_calls']} calls (one roll-forward listing) | one read, independent of count | "
+        f"{ok(lat[1000]['storage_calls'] == 1 and lat[10]['storage_calls'] == 1)} |",
+        f"| async save: caller blocked | {blocked:.3f} s/GB (first save, fresh buffers: "
+        f"{statistics.median(runs['async/blocked-first']) / (n / GB):.3f} s/GB) | memcpy into warm aligned buffers {memcpy:.3f} s/GB; "
+        f"notes: DCP 0.78, orbax 1.33 s/GB | {blocked / memcpy:.2f}× memcpy | ≤ 0.15 s/GB | {ok(blocked <= 0.15)} |",
+        f"| async save: staging memory | {r['staging_bytes'] / n:.4f}× model, reused between saves: "
+        f"{'yes' if r['staging_reused'] else 'NO'} | | | ≤ 1× model (+ alignment padding) | "
+        f"{ok(r['staging_bytes'] / n <= 1.01 and r['staging_reused'])} |",
+        f"| async save: background write to commit | {med['async/total']:.2f} s = {tp('async/total')} | blocking "
+        f"save {tp('save/ckptstore')} | | (info) | |",
+        f"| mmap restore (opt-in, local) | returns in {med['warm/mmap-open'] * 1e3:.1f} ms, extra RSS "
+        f"{rss['warm/mmap-open'] / 2**20:.1f} MiB; touching one byte per page afterwards: "
+        f"{med['warm/mmap-touch']:.2f} s | warm read restore {med['warm/ckptstore']:.2f} s | | (info; no checksum "
+        "unless verify=True) | |",
+        "",
+        "Spread (min–max seconds over repetitions): " + "; ".join(
+            f"{k} {Series.spread(_wrap(runs), k)}" for k in sorted(runs) if not k.startswith("manifest/")
+        ),
+        "",
+    ]
+    return "\n".join(lines) + ANALYSIS
+
+
+ANALYSIS = """
+## How ckptstore gets there
+
+(The explanations below were written for the two 1 GiB, 7-repetition runs of 2026-11-27 12:31 and
+12:40 UTC pooled in `results/perf_targets.md`; numbers quoted come from them and from the separate
+measurements named.)
+
+- **Save**: one shard per worker thread (2 here), sized by the smallest target that yields no more shards
+  than workers (the plain greedy fill spilled a third shard that one thread then wrote alone). Each thread
+  streams its shard from the arrays' own memory in 8 MiB pieces, computing each piece's crc32c right
+  before writing it (in cache), then fsyncs; small tensors are glued with their padding into 8 MiB writes
+  (10k tensors: ~130 writes, not 20k). Then the manifest (create-only) and LATEST (compare-and-swap).
+  crc32c releases the GIL for pieces >= 64 KiB: the `crc32c` package holds it by default, so the two
+  threads' checksums used to run one at a time (two threads measured slower than one).
+- **Restore**: large chunks are read in 8 MiB pieces straight into page-aligned arrays, each piece
+  verified right after it lands; small single-chunk tensors are read run by run (<= 16 MiB) straight into
+  one shared page-aligned arena and returned as views of it (no per-tensor allocation, copy or call).
+- **Background save**: the state is copied by 2 threads into staging buffers laid out exactly like the
+  shard files (page-aligned, reused by every later background save); a background thread writes them as
+  a few large sequential writes per shard.
+- **latest()**: one `get` of LATEST after a once-per-store roll-forward check (one listing).
+
+## Targets not met (or met only because of the noise), by how much and why
+
+- **Warm restore**: the pooled paired median says 1.19×, but the best runs say 0.43× and one earlier run
+  (load 10–13) said 0.51×: on a quiet moment the raw reader reaches 5–8 GB/s and ckptstore does not.
+  With checksums on, a warm restore is CPU-bound: raw = copy from the page cache (~9 GB/s per core here),
+  ckptstore = the same copy plus a crc32c pass (~15 GB/s per core). Measured separately on a 512 MiB
+  model, 15 interleaved runs: raw 0.184 s, ckptstore 0.269 s (**0.68×**), ckptstore `verify=False`
+  0.216 s — the checksum is the whole gap; its floor on 2 cores is ~0.62–0.70×, short of 0.8× by ~15%.
+  Closing it needs a fused copy+checksum kernel (none is available from Python) or verification off the
+  critical path (e.g. `mmap=True`, verify later).
+- **Cold restore**: 0.74× paired (0.84× as a ratio of medians), short of 0.9× by ~0.16. Both sides wait
+  for the same shared virtual disk and the spread (1.3–3.3 s ckptstore, 0.7–2.8 s raw) exceeds the
+  difference; the one systematic difference is queue depth: ckptstore issues 8 MiB reads per thread and
+  checksums between them, the raw reader one 512 MiB `preadv` per file.
+- **Many small tensors, cold restore**: 0.72× of the large-tensor cold restore (best runs 1.10×); warm is
+  0.85× and save 1.24× (both met). The per-tensor Python work of a restore — decoding and validating the
+  10k-entry manifest (~110 ms CPU here), building 10k array views, 10k checksum calls — competes with the
+  I/O threads for the 2 cores.
+- **Manifest encode + decode < 30 ms**: 148 ms CPU here, 2.7× what bare msgpack needs for the same
+  document in the same run (54 ms; 19 ms on an idle machine per the notes), i.e. ~50 ms idle — short by
+  ~20 ms. Already in: a fast path for plainly valid entries (one pass, a strict subset of what the full
+  validator accepts; anything else gets the unchanged full check and its precise error), frozen
+  dataclasses built without per-field `object.__setattr__`, the cyclic GC paused while ~100k containers
+  are built (a synthetic 10k-entry decode measured 455 ms wall before, 165–185 ms after, back to back).
+  What remains is one `TensorEntry` and one `Chunk` object per tensor; < 30 ms needs lazily materialised
+  entries or a C-level decoder.
+- **Background save, caller blocked <= 0.15 s/GB**: 0.45 s/GB, 1.27× a plain memcpy of the model into warm
+  aligned buffers measured in the same runs (0.35 s/GB; 0.98× in the first run alone). The snapshot is
+  copy-bound and the copy ran at ~3 GB/s on this loaded machine against 16.6 GB/s idle (notes), where the
+  same ratio means ~0.06–0.08 s/GB. It blocks 1.7× less than DCP (0.78 s/GB) and 3× less than orbax
+  (1.33 s/GB) as the notes measured them idle. The first background save also pays the page faults of
+  fresh staging memory (0.49 s/GB here; 3.2–3.6 s/GB in earlier runs when huge-page compaction stalled).
+
+Everything above was measured while other engineers' test suites and a peer benchmark ran on the same
+2 cores and disk (load average 5–13); per-repetition ratios spread over 3–10×. Re-run on a quiet machine
+before quoting absolute numbers.
+"""
+
+
+def _wrap(runs: dict[str, list[float]]) -> Series:
+    s = Series()
+    s.runs = runs
+    return s
+
+
+def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs as one: their repetitions pooled (each repetition is still an interleaved pair)."""
+    out = dict(runs[-1])
+    out["latest"] = {int(k): v for k, v in out["latest"].items()}
+    out["series"] = {k: [x for r in runs for x in r["series"].get(k, [])] for k in runs[-1]["series"]}
+    out["rss"] = {k: [x for r in runs for x in r["rss"].get(k, [])] for k in runs[-1]["rss"]}
+    out["repeat"] = sum(r["repeat"] for r in runs)
+    out["staging_reused"] = all(r["staging_reused"] for r in runs)
+    out["run_at"] = " and ".join(r.get("run_at", "?") for r in runs)
+    out["notes"] = {"load_start": " / ".join(r["notes"]["load_start"] for r in runs),
+                    "load_end": " / ".join(r["notes"]["load_end"] for r in runs)}
+    out["command"] = " ; ".join(dict.fromkeys(r["command"] for r in runs))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dir", help="where to write (default: a fresh temporary directory)")
+    p.add_argument("--size", type=int, default=1 << 30, help="model bytes (default 1 GiB)")
+    p.add_argument("--small-count", type=int, default=10_000)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--out", default=str(RESULTS / "perf_targets.md"))
+    p.add_argument("--render", metavar="JSON", nargs="+",
+                   help="only re-render the report from previous runs' .json (several: their repetitions pooled)")
+    args = p.parse_args()
+    if args.render:
+        saved = pool([json.loads(Path(f).read_text()) for f in args.render])
+        text = report(saved, saved["command"], saved["machine"])
+        Path(args.out).write_text(text)
+        Path(args.out).with_suffix(".json").write_text(json.dumps(saved, indent=1))
+        print(text)
+        return
+    base = Path(tempfile.mkdtemp(prefix="ckptstore-perf-", dir=args.dir))
+    command = " ".join(["python", "benchmarks/perf_targets.py", *sys.argv[1:]])
+    try:
+        env = machine()
+        result = run(base, args.size, args.repeat, args.small_count)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    text = report(result, command, env)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps({**result, "machine": env, "command": command}, indent=1))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
