@@ -463,6 +463,7 @@ class CheckpointStore:
         self._background: ThreadPoolExecutor | None = None
         self._staging = StagingPool()
         self._last_restore_stats: TransferStats | None = None
+        self._last_plan: tuple[Any, LayoutPlan] | None = None
         caps = self._storage.capabilities
         if not (caps.conditional_create and caps.compare_and_swap):
             log.warning(
@@ -673,6 +674,15 @@ class CheckpointStore:
         short and spill one small extra shard that a worker then writes alone, after the others. The
         smallest target that yields at most ``workers`` shards avoids that.
         """
+        key = (tuple(sizes), self.workers, self.max_shard_size, self.chunk_size)
+        cached = self._last_plan
+        if cached is not None and cached[0] == key:
+            return cached[1]  # a training job saves the same shapes every time: plan once
+        plan = self._plan_uncached(sizes)
+        self._last_plan = (key, plan)
+        return plan
+
+    def _plan_uncached(self, sizes: Sequence[tuple[str, int]]) -> LayoutPlan:
         total = sum(n for _, n in sizes)
         base = max(1, math.ceil(total / self.workers))
 

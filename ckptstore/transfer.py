@@ -232,16 +232,15 @@ class StagingPool:
     def acquire(self, sizes: Sequence[int]) -> list[memoryview]:
         """Buffers of at least ``sizes`` bytes (their contents are unspecified), reusing what it has."""
         old = sorted(self._buffers, key=lambda b: b.nbytes, reverse=True)
-        kept: list[np.ndarray] = []
-        for size in sizes:
-            if old and old[0].nbytes >= size:
-                kept.append(old.pop(0))
+        kept: list[np.ndarray | None] = [None] * len(sizes)
+        # The largest need gets the largest buffer, and so on down; a buffer too small is replaced.
+        for rank, index in enumerate(sorted(range(len(sizes)), key=lambda i: sizes[i], reverse=True)):
+            if rank < len(old) and old[rank].nbytes >= sizes[index]:
+                kept[index] = old[rank]
             else:
-                if old:
-                    old.pop()  # release the smallest first; a bigger one is allocated instead
-                kept.append(empty_aligned((max(size, 1),), np.dtype(np.uint8)))
-        self._buffers = kept
-        return [memoryview(b) for b in kept]
+                kept[index] = empty_aligned((max(sizes[index], 1),), np.dtype(np.uint8))
+        self._buffers = [b for b in kept if b is not None]
+        return [memoryview(b) for b in self._buffers]
 
     def release(self) -> None:
         """Free every buffer (the next asynchronous save allocates afresh)."""

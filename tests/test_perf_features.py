@@ -423,3 +423,13 @@ def test_many_small_tensors_are_written_in_few_pieces() -> None:
     assert len(pieces) <= plan.shard_sizes[0] // transfer.PIECE + 2
     assert sum(len(p) for p in pieces) == plan.shard_sizes[0]
     assert crcs == {n: transfer.crc32c(v) for n, v in views.items()}
+
+
+def test_staging_pool_reuses_buffers_whatever_the_shard_order() -> None:
+    pool = transfer.StagingPool()
+    pool.acquire([100_000, 200_000])
+    held = sorted(id(b) for b in pool._buffers)
+    pool.acquire([200_000, 100_000])  # the same shards, listed the other way round
+    assert sorted(id(b) for b in pool._buffers) == held
+    pool.acquire([300_000])
+    assert pool.nbytes >= 300_000 and len(pool._buffers) == 1
