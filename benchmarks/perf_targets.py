@@ -368,6 +368,12 @@ def report(r: dict[str, Any], command: str, env: dict[str, Any]) -> str:
     def ok(flag: bool) -> str:
         return "**met**" if flag else "**not met**"
 
+    def ok_runs(value: float, target: float, base: str, ours: str, k: float = 1.0) -> str:
+        per = _run_ratios(r, base, ours, k)
+        if value >= target and min(per) < target:
+            return f"**met pooled, not in every run** (runs: {' / '.join(f'{x:.2f}×' for x in per)})"
+        return ok(value >= target)
+
     def ratio(fast: str, slow: str, scale: float = 1.0) -> tuple[float, float, float]:
         """Throughput of ``slow``'s side over ``fast``'s: (ratio of medians, median of per-repetition
         ratios, ratio of the best runs). The timings are ``fast`` = baseline time, ``slow`` = ckptstore time."""
@@ -421,27 +427,27 @@ def report(r: dict[str, Any], command: str, env: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
         f"| durable save, local disk | {med['save/ckptstore']:.2f} s = {tp('save/ckptstore')} | best raw writer "
         f"(2 files × 2 threads, fsync) {med['save/raw']:.2f} s = {tp('save/raw')} | {show(save_r)} | ≥ 0.9× | "
-        f"{ok(save_ratio >= 0.9)} |",
+        f"{ok_runs(save_ratio, 0.9, 'save/raw', 'save/ckptstore')} |",
         f"| … vs naive (peer yardstick) | {save_naive:.2f}× naive | naive one-file-per-tensor {med['save/naive']:.2f} s "
         f"= {tp('save/naive')} | peers (notes): DCP 1.57×, safetensors 1.45×, torch.save 1.0×, orbax 0.58× naive | "
-        f"ahead of every peer | {ok(save_naive > 1.57)} |",
+        f"ahead of every peer | {ok_runs(save_naive, 1.5701, 'save/naive', 'save/ckptstore')} |",
         f"| warm restore | {med['warm/ckptstore']:.2f} s = {tp('warm/ckptstore')} | raw reader, aligned, 2 threads "
-        f"{med['warm/raw']:.2f} s = {tp('warm/raw')} | {show(warm_r)} | ≥ 0.8× | {ok(warm_ratio >= 0.8)} |",
+        f"{med['warm/raw']:.2f} s = {tp('warm/raw')} | {show(warm_r)} | ≥ 0.8× | {ok_runs(warm_ratio, 0.8, 'warm/raw', 'warm/ckptstore')} |",
         f"| … vs naive (peer yardstick) | {warm_naive:.2f}× naive | naive {med['warm/naive']:.2f} s = "
         f"{tp('warm/naive')} | peers (notes): np.save 2.47×, torch.save 0.87×, safetensors 0.85×, DCP 0.49× | | |",
         f"| cold restore | {med['cold/ckptstore']:.2f} s = {tp('cold/ckptstore')} | raw reader {med['cold/raw']:.2f} s "
-        f"= {tp('cold/raw')} | {show(cold_r)} | ≥ 0.9× | {ok(cold_ratio >= 0.9)} |",
+        f"= {tp('cold/raw')} | {show(cold_r)} | ≥ 0.9× | {ok_runs(cold_ratio, 0.9, 'cold/raw', 'cold/ckptstore')} |",
         f"| extra memory, save | {rss['save/ckptstore'] / n:.3f}× model ({rss['save/ckptstore'] / 2**20:.0f} MiB peak) "
         f"| raw {rss['save/raw'] / n:.3f}× | | ≤ 0.05× | {ok(rss['save/ckptstore'] / n <= 0.05)} |",
         f"| extra memory, restore (arrays included) | {max(rss['warm/ckptstore'], rss['cold/ckptstore']) / n:.3f}× "
         f"| raw {max(rss['warm/raw'], rss['cold/raw']) / n:.3f}× | | ≤ 1.05× | "
         f"{ok(max(rss['warm/ckptstore'], rss['cold/ckptstore']) / n <= 1.05)} |",
         f"| many small tensors, save | {med['save/small']:.2f} s = {tp('save/small', ns)} | large-tensor save "
-        f"{tp('save/ckptstore')} | {show(small_save_r)} | ≥ 0.8× | {ok(small_save >= 0.8)} |",
+        f"{tp('save/ckptstore')} | {show(small_save_r)} | ≥ 0.8× | {ok_runs(small_save, 0.8, 'save/ckptstore', 'save/small', ns / n)} |",
         f"| many small tensors, warm restore | {med['warm/small']:.2f} s = {tp('warm/small', ns)} | large-tensor warm "
-        f"restore {tp('warm/ckptstore')} | {show(small_warm_r)} | ≥ 0.8× | {ok(small_warm >= 0.8)} |",
+        f"restore {tp('warm/ckptstore')} | {show(small_warm_r)} | ≥ 0.8× | {ok_runs(small_warm, 0.8, 'warm/ckptstore', 'warm/small', ns / n)} |",
         f"| many small tensors, cold restore | {med['cold/small']:.2f} s = {tp('cold/small', ns)} | large-tensor cold "
-        f"restore {tp('cold/ckptstore')} | {show(small_cold_r)} | ≥ 0.8× | {ok(small_cold >= 0.8)} |",
+        f"restore {tp('cold/ckptstore')} | {show(small_cold_r)} | ≥ 0.8× | {ok_runs(small_cold, 0.8, 'cold/ckptstore', 'cold/small', ns / n)} |",
         f"| manifest encode + decode, {len(sizes)} tensors | CPU {enc_cpu:.1f} + {dec_cpu:.1f} = "
         f"{enc_cpu + dec_cpu:.1f} ms (wall {enc_wall + dec_wall:.1f} ms) | bare msgpack pack + unpack of the same "
         f"document: CPU {mp_cpu:.1f} ms (notes, idle machine: 4.5 + 14.6 = 19.1 ms) | "
@@ -464,6 +470,7 @@ def report(r: dict[str, Any], command: str, env: dict[str, Any]) -> str:
         f"{med['warm/mmap-touch']:.2f} s | warm read restore {med['warm/ckptstore']:.2f} s | | (info; no checksum "
         "unless verify=True) | |",
         "",
+        *_per_run(r),
         "Spread (min–max seconds over repetitions): " + "; ".join(
             f"{k} {Series.spread(_wrap(runs), k)}" for k in sorted(runs) if not k.startswith("manifest/")
         ),
@@ -475,9 +482,9 @@ def report(r: dict[str, Any], command: str, env: dict[str, Any]) -> str:
 ANALYSIS = """
 ## How ckptstore gets there
 
-(The explanations below were written for the two 1 GiB, 7-repetition runs of 2026-11-27 12:31 and
-12:40 UTC pooled in `results/perf_targets.md`; numbers quoted come from them and from the separate
-measurements named.)
+(Written for the three 1 GiB runs of 2026-11-27 12:31, 12:40 and 12:56 UTC (7 + 7 + 9 repetitions)
+pooled in `results/perf_targets.md`; the third ran the final code, which also plans a repeated layout
+once (-20 ms per save). Numbers quoted come from them and from the separate measurements named.)
 
 - **Save**: one shard per worker thread (2 here), sized by the smallest target that yields no more shards
   than workers (the plain greedy fill spilled a third shard that one thread then wrote alone). Each thread
@@ -494,43 +501,75 @@ measurements named.)
   a few large sequential writes per shard.
 - **latest()**: one `get` of LATEST after a once-per-store roll-forward check (one listing).
 
-## Targets not met (or met only because of the noise), by how much and why
+## Targets not met (or met only in the pooled median), by how much and why
 
-- **Warm restore**: the pooled paired median says 1.19×, but the best runs say 0.43× and one earlier run
-  (load 10–13) said 0.51×: on a quiet moment the raw reader reaches 5–8 GB/s and ckptstore does not.
-  With checksums on, a warm restore is CPU-bound: raw = copy from the page cache (~9 GB/s per core here),
-  ckptstore = the same copy plus a crc32c pass (~15 GB/s per core). Measured separately on a 512 MiB
-  model, 15 interleaved runs: raw 0.184 s, ckptstore 0.269 s (**0.68×**), ckptstore `verify=False`
-  0.216 s — the checksum is the whole gap; its floor on 2 cores is ~0.62–0.70×, short of 0.8× by ~15%.
-  Closing it needs a fused copy+checksum kernel (none is available from Python) or verification off the
-  critical path (e.g. `mmap=True`, verify later).
-- **Cold restore**: 0.74× paired (0.84× as a ratio of medians), short of 0.9× by ~0.16. Both sides wait
-  for the same shared virtual disk and the spread (1.3–3.3 s ckptstore, 0.7–2.8 s raw) exceeds the
-  difference; the one systematic difference is queue depth: ckptstore issues 8 MiB reads per thread and
-  checksums between them, the raw reader one 512 MiB `preadv` per file.
-- **Many small tensors, cold restore**: 0.72× of the large-tensor cold restore (best runs 1.10×); warm is
-  0.85× and save 1.24× (both met). The per-tensor Python work of a restore — decoding and validating the
-  10k-entry manifest (~110 ms CPU here), building 10k array views, 10k checksum calls — competes with the
-  I/O threads for the 2 cores.
-- **Manifest encode + decode < 30 ms**: 148 ms CPU here, 2.7× what bare msgpack needs for the same
-  document in the same run (54 ms; 19 ms on an idle machine per the notes), i.e. ~50 ms idle — short by
-  ~20 ms. Already in: a fast path for plainly valid entries (one pass, a strict subset of what the full
+- **Durable save** (pooled 1.01×; per run 1.20× / 1.05× / 0.71×): the quietest run (load 4–7) says 0.71×,
+  and the peer benchmark run at load 2–4 (`peers.py --size 1GiB --repeat 3 --only
+  ckptstore,raw,naive,safetensors,torch.save,dcp`, 12:41 UTC) agrees: ckptstore 828 MB/s, raw 1179,
+  safetensors 1236, naive 1000, DCP 705, torch.save 365. So on a quiet disk ckptstore is ~0.7× the best
+  raw writer — short of 0.9× by ~0.2 — and behind safetensors (0.83× vs 1.24× naive). Timing the phases
+  of 1 GiB saves shows the commit (manifest + LATEST + retention) at 2–100 ms and the shard writes as the
+  whole rest, so the gap is in the write loop: 8 MiB writes each preceded by a checksum against the
+  raw writer's 64 MiB writes without one. Not isolated further in the time available.
+- **Warm restore** (pooled 0.96×; per run 1.10× / 3.01× / 0.41×; best runs 0.43×): in quiet moments the
+  raw reader reaches 5–8 GB/s and ckptstore does not. With checksums on, a warm restore is CPU-bound:
+  raw = copy from the page cache (~9 GB/s per core here), ckptstore = the same copy plus a crc32c pass
+  (~15 GB/s per core). Measured separately on a 512 MiB model, 15 interleaved runs: raw 0.184 s,
+  ckptstore 0.269 s (**0.68×**), ckptstore `verify=False` 0.216 s — the checksum is the gap; its floor
+  on 2 cores is ~0.62–0.70×, short of 0.8× by ~15%. Closing it needs a fused copy+checksum kernel (none
+  is available from Python) or verification off the critical path (e.g. `mmap=True`, verify later).
+- **Cold restore**: 0.78× (ratio of medians 0.79×), short of 0.9× by ~0.12. Both sides wait for the same
+  shared virtual disk; the one systematic difference is queue depth: ckptstore issues 8 MiB reads per
+  thread and checksums between them, the raw reader one 512 MiB `preadv` per file.
+- **Many small tensors**: save 1.15× and warm restore 0.96× of the large-tensor throughput (the latter
+  0.57× in the first run), cold restore 0.78× — short of 0.8× by 0.02. The per-tensor Python work of a
+  restore (decoding and validating the 10k-entry manifest, ~110 ms CPU here; 10k array views; 10k
+  checksum calls) competes with the I/O threads for the 2 cores.
+- **Manifest encode + decode < 30 ms**: 147 ms CPU here, 2.8× what bare msgpack needs for the same
+  document in the same runs (53 ms; 19 ms on an idle machine per the notes), i.e. ~53 ms idle — short by
+  ~23 ms. Already in: a fast path for plainly valid entries (one pass, a strict subset of what the full
   validator accepts; anything else gets the unchanged full check and its precise error), frozen
   dataclasses built without per-field `object.__setattr__`, the cyclic GC paused while ~100k containers
   are built (a synthetic 10k-entry decode measured 455 ms wall before, 165–185 ms after, back to back).
   What remains is one `TensorEntry` and one `Chunk` object per tensor; < 30 ms needs lazily materialised
   entries or a C-level decoder.
-- **Background save, caller blocked <= 0.15 s/GB**: 0.45 s/GB, 1.27× a plain memcpy of the model into warm
-  aligned buffers measured in the same runs (0.35 s/GB; 0.98× in the first run alone). The snapshot is
-  copy-bound and the copy ran at ~3 GB/s on this loaded machine against 16.6 GB/s idle (notes), where the
-  same ratio means ~0.06–0.08 s/GB. It blocks 1.7× less than DCP (0.78 s/GB) and 3× less than orbax
-  (1.33 s/GB) as the notes measured them idle. The first background save also pays the page faults of
-  fresh staging memory (0.49 s/GB here; 3.2–3.6 s/GB in earlier runs when huge-page compaction stalled).
+- **Background save, caller blocked <= 0.15 s/GB**: 0.42 s/GB pooled, 1.24× a plain memcpy of the model
+  into warm aligned buffers in the same runs; 0.33 s/GB = 1.00× memcpy in the final-code run (the plan
+  cache removed the rest). The snapshot is copy-bound, and the copy ran at ~3 GB/s on this loaded machine
+  against 16.6 GB/s idle (notes), where the same 1.0× of memcpy is ~0.06 s/GB. In the peer run it blocked
+  0.32 s/GiB against DCP's 1.45 s/GiB (4.5× less). The first background save also pays the page faults of
+  fresh staging memory: 0.5 s/GB in good runs, up to 5 s/GB when huge-page compaction stalled.
 
 Everything above was measured while other engineers' test suites and a peer benchmark ran on the same
 2 cores and disk (load average 5–13); per-repetition ratios spread over 3–10×. Re-run on a quiet machine
 before quoting absolute numbers.
 """
+
+
+def _run_ratios(r: dict[str, Any], base: str, ours: str, k: float = 1.0) -> list[float]:
+    """The paired-median ratio of each pooled run separately (one entry for a single run)."""
+    runs, sizes = r["series"], r.get("run_repeats") or [len(r["series"][base])]
+    out, at = [], 0
+    for n in sizes:
+        pairs = [x / y for x, y in zip(runs[base][at : at + n], runs[ours][at : at + n], strict=False)]
+        out.append(k * statistics.median(pairs))
+        at += n
+    return out
+
+
+def _per_run(r: dict[str, Any]) -> list[str]:
+    """Each pooled run's own paired ratios for the throughput rows: how much the verdicts move run to run."""
+    sizes = r.get("run_repeats")
+    if not sizes or len(sizes) < 2:
+        return []
+    scale = r["small_nbytes"] / r["nbytes"]
+    rows = [("save", "save/raw", "save/ckptstore", 1.0), ("warm restore", "warm/raw", "warm/ckptstore", 1.0),
+            ("cold restore", "cold/raw", "cold/ckptstore", 1.0),
+            ("small save", "save/ckptstore", "save/small", scale),
+            ("small warm", "warm/ckptstore", "warm/small", scale),
+            ("small cold", "cold/ckptstore", "cold/small", scale)]
+    parts = [f"{label} {' / '.join(f'{x:.2f}×' for x in _run_ratios(r, b, o, k))}" for label, b, o, k in rows]
+    return ["Per run (paired medians, in run order): " + "; ".join(parts) + ".", ""]
 
 
 def _wrap(runs: dict[str, list[float]]) -> Series:
@@ -546,6 +585,7 @@ def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["series"] = {k: [x for r in runs for x in r["series"].get(k, [])] for k in runs[-1]["series"]}
     out["rss"] = {k: [x for r in runs for x in r["rss"].get(k, [])] for k in runs[-1]["rss"]}
     out["repeat"] = sum(r["repeat"] for r in runs)
+    out["run_repeats"] = [r["repeat"] for r in runs]
     out["staging_reused"] = all(r["staging_reused"] for r in runs)
     out["run_at"] = " and ".join(r.get("run_at", "?") for r in runs)
     out["notes"] = {"load_start": " / ".join(r["notes"]["load_start"] for r in runs),
