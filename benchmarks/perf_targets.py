@@ -588,8 +588,8 @@ def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["run_repeats"] = [r["repeat"] for r in runs]
     out["staging_reused"] = all(r["staging_reused"] for r in runs)
     out["run_at"] = " and ".join(r.get("run_at", "?") for r in runs)
-    out["notes"] = {"load_start": " / ".join(r["notes"]["load_start"] for r in runs),
-                    "load_end": " / ".join(r["notes"]["load_end"] for r in runs)}
+    out["notes"] = {"load_start": "; ".join(f"{r['notes']['load_start']} → {r['notes']['load_end']}" for r in runs),
+                    "load_end": "(per run)"}
     out["command"] = " ; ".join(dict.fromkeys(r["command"] for r in runs))
     return out
 
