@@ -156,10 +156,14 @@ def _local_dir_must_exist(url: str) -> None:
         raise NotFound(f"{path}: no such directory")
 
 
-def _open(url: str, options: Mapping[str, Any], *, must_exist: bool = True) -> CheckpointStore:
+def _open(
+    url: str, options: Mapping[str, Any], *, must_exist: bool = True, read_only: bool = False
+) -> CheckpointStore:
     if must_exist:
         _local_dir_must_exist(url)
-    return CheckpointStore(url, storage_options=options)
+    # Inspection commands never write, not even to repair a lagging LATEST: they may run with
+    # read-only credentials, and looking must not change what is looked at.
+    return CheckpointStore(url, storage_options=options, read_only=read_only)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +246,7 @@ def _progress_bar(args: argparse.Namespace, config: bench.BenchConfig, url: str)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    with _open(args.url, _options(args, args.url)) as store:
+    with _open(args.url, _options(args, args.url), read_only=True) as store:
         infos = store.list()
         latest = store.latest() if infos else None
         pinned = store.pinned() if infos else frozenset()
@@ -274,7 +278,7 @@ def _manifest(store: CheckpointStore, step: int | None) -> Manifest:
 
 def cmd_show(args: argparse.Namespace) -> int:
     target = parse_target(args.target)
-    with _open(target.url, _options(args, target.url)) as store:
+    with _open(target.url, _options(args, target.url), read_only=True) as store:
         m = _manifest(store, target.step)
         latest = store.latest()
     tensors = list(m.tensors.items())
@@ -362,7 +366,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.all and target.step is not None:
         raise ValueError("give either URL@STEP or --all, not both")
     failures = 0
-    with _open(target.url, _options(args, target.url)) as store:
+    with _open(target.url, _options(args, target.url), read_only=True) as store:
         storage = store.storage
         try:
             pointer, _ = commit.read_latest(storage)
@@ -426,9 +430,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
     b_t = parse_target(args.b)
     if b_t.url == "" or args.b.startswith("@"):
         b_t = Target(a_t.url, parse_target("x" + args.b).step)
-    with _open(a_t.url, _options(args, a_t.url)) as sa:
+    with _open(a_t.url, _options(args, a_t.url), read_only=True) as sa:
         a = sa.manifest(a_t.step)
-    with _open(b_t.url, _options(args, b_t.url)) as sb:
+    with _open(b_t.url, _options(args, b_t.url), read_only=True) as sb:
         b = sb.manifest(b_t.step)
     names_a = list(a.tensors) + list(a.scalars)
     names_b = list(b.tensors) + list(b.scalars)
@@ -500,7 +504,7 @@ def cmd_cp(args: argparse.Namespace) -> int:
         raise ValueError("give either SRC@STEP or --all, not both")
     src_options = _options(args, src_t.url, "src")
     dst_options = _options(args, args.dst, "dst")
-    with _open(src_t.url, src_options) as src, _open(args.dst, dst_options, must_exist=False) as dst:
+    with _open(src_t.url, src_options, read_only=True) as src, _open(args.dst, dst_options, must_exist=False) as dst:
         if args.all:
             steps: list[int | None] = [i.step for i in src.list()]
             if not steps:

@@ -240,7 +240,7 @@ def _newest_listed(storage: Storage) -> Latest | None:
     return None
 
 
-def resolve_latest(storage: Storage) -> Latest | None:
+def resolve_latest(storage: Storage, *, repair: bool = True) -> Latest | None:
     """What LATEST names (one read), or — when it is missing or damaged — the newest committed manifest
     found by listing, with a warning.
 
@@ -266,6 +266,8 @@ def resolve_latest(storage: Storage) -> Latest | None:
             "%s/%s is missing; using step %d, the newest committed checkpoint found by listing",
             storage.url, LATEST_KEY, newest.step,
         )
+    if not repair:
+        return newest
     try:
         return advance_latest(storage, newest)
     except (StorageError, Unsupported, CommitError) as e:
@@ -273,7 +275,7 @@ def resolve_latest(storage: Storage) -> Latest | None:
         return newest
 
 
-def roll_forward(storage: Storage) -> Latest | None:
+def roll_forward(storage: Storage, *, repair: bool = True) -> Latest | None:
     """Move LATEST on to a committed manifest newer than the one it names, if there is one.
 
     LATEST never moves backwards, so a newer manifest means a writer died between committing it (step
@@ -298,7 +300,8 @@ def roll_forward(storage: Storage) -> Latest | None:
                 "%s/%s names step %d, but step %d is committed too (its writer stopped before advancing "
                 "LATEST); moving LATEST to step %d", storage.url, LATEST_KEY, pointer.step, step, step,
             )
-        return advance_latest(storage, latest_from_manifest(newest))
+        found = latest_from_manifest(newest)
+        return advance_latest(storage, found) if repair else found
     return pointer
 
 

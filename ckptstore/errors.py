@@ -42,6 +42,10 @@ class ChecksumError(FormatError):
     """Bytes read back do not match the checksum recorded when they were written."""
 
 
+class ReadOnlyError(CkptStoreError, PermissionError):
+    """A write was asked of a store opened with ``read_only=True``."""
+
+
 class CommitError(CkptStoreError):
     """A checkpoint could not be committed (for example the step already exists)."""
 

@@ -39,6 +39,7 @@ from ckptstore.errors import (
     FormatError,
     NotFound,
     PreconditionFailed,
+    ReadOnlyError,
     TensorMismatch,
 )
 from ckptstore.format import (
@@ -401,6 +402,9 @@ class CheckpointStore:
         gc_grace_seconds: uncommitted attempts and temp files younger than this are never collected
             (a concurrent writer may still be writing them). Must exceed the longest save.
         clock: the time source for retention and garbage collection (tests pass a fake one).
+        read_only: never write to the model_dir: ``save``, ``prune``, ``pin``, ``unpin`` and ``gc``
+            raise ``ReadOnlyError``, and a missing or lagging LATEST is worked around in memory instead
+            of repaired (for inspection tools and read-only credentials).
     """
 
     def __init__(
@@ -419,6 +423,7 @@ class CheckpointStore:
         save_policy: SavePolicy | None = None,
         gc_grace_seconds: float = 3600.0,
         clock: Callable[[], float] = time.time,
+        read_only: bool = False,
     ):
         if retention is not None and (keep_max is not None or keep_every_n_hours is not None):
             raise ValueError("pass either retention= or keep_max=/keep_every_n_hours=, not both")
@@ -457,6 +462,8 @@ class CheckpointStore:
         self._lock = threading.Lock()
         self._manifests: dict[int, Manifest] = {}  # committed manifests are immutable (bar overwrite)
         self._rolled_forward = False
+        self.read_only = read_only
+        self._rolled: Latest | None = None  # read-only stores: what a roll-forward would have written
         self._retention_resumed = False
         self._save_lock = threading.RLock()  # one save call at a time (a background one counts)
         self._pending: SaveHandle | None = None
@@ -595,6 +602,7 @@ class CheckpointStore:
             handle): it is raised instead of starting this save.
         """
         started = time.perf_counter()
+        self._check_writable("save")
         with self._save_lock:
             self.wait()
             step = _check_step(step)
@@ -782,7 +790,8 @@ class CheckpointStore:
         try:
             pointer: Latest | None = decode_latest(self._storage.get(LATEST_KEY), f"{self._storage.url}/{LATEST_KEY}")
         except (NotFound, FormatError):
-            pointer = commit.resolve_latest(self._storage)  # missing or damaged: list, and warn
+            pointer = commit.resolve_latest(self._storage, repair=not self.read_only)  # list, and warn
+        pointer = self._newest(pointer)
         return None if pointer is None else CheckpointInfo.from_latest(pointer)
 
     def list(self) -> list[CheckpointInfo]:
@@ -797,7 +806,7 @@ class CheckpointStore:
         if step is not None:
             return self._read_manifest(_check_step(step), fresh=True)
         self._roll_forward_once()
-        pointer = commit.resolve_latest(self._storage)
+        pointer = self._newest(commit.resolve_latest(self._storage, repair=not self.read_only))
         if pointer is None:
             raise NotFound(f"{self._storage.url}: no committed checkpoint")
         try:
@@ -928,8 +937,18 @@ class CheckpointStore:
 
     def _roll_forward_once(self) -> None:
         if not self._rolled_forward:
-            commit.roll_forward(self._storage)
+            self._rolled = commit.roll_forward(self._storage, repair=not self.read_only)
             self._rolled_forward = True
+
+    def _newest(self, pointer: Latest | None) -> Latest | None:
+        """``pointer``, or in a read-only store the newer committed step a roll-forward found."""
+        if self.read_only and self._rolled is not None and (pointer is None or self._rolled.step > pointer.step):
+            return self._rolled
+        return pointer
+
+    def _check_writable(self, what: str) -> None:
+        if self.read_only:
+            raise ReadOnlyError(f"{self._storage.url}: opened read-only; {what} would write")
 
     def _housekeeping(self) -> None:
         """Retention and garbage collection after a save. The save is committed whatever happens here,
@@ -944,7 +963,7 @@ class CheckpointStore:
 
     def pinned(self) -> frozenset[int]:
         """Steps protected from retention by ``pin``."""
-        pointer = commit.resolve_latest(self._storage)
+        pointer = commit.resolve_latest(self._storage, repair=not self.read_only)
         return frozenset(pointer.retention.get("pinned", ())) if pointer else frozenset()
 
     def pin(self, step: int) -> None:
@@ -960,6 +979,7 @@ class CheckpointStore:
 
     def _update_retention(self, change: Callable[[dict[str, Any]], dict[str, Any]]) -> Latest:
         """Compare-and-swap LATEST's retention map (creating LATEST from the newest manifest if missing)."""
+        self._check_writable("changing pins")
         self._roll_forward_once()
 
         def apply(current: Latest | None) -> Latest | None:
@@ -985,6 +1005,8 @@ class CheckpointStore:
             dry_run: report what would be deleted without deleting anything.
             retention: a policy for this call instead of the store's.
         """
+        if not dry_run:
+            self._check_writable("prune")
         policy = retention or self.retention
         storage = self._storage
         if not dry_run:
@@ -1055,6 +1077,8 @@ class CheckpointStore:
         An attempt directory counts as alive while any file in it is younger than the grace period, so
         a concurrent writer's in-flight save is never touched. Keys ckptstore did not create are left alone.
         """
+        if not dry_run:
+            self._check_writable("gc")
         grace = self.gc_grace_seconds if grace_seconds is None else grace_seconds
         now = self._clock()
         storage = self._storage

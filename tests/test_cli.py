@@ -146,6 +146,17 @@ def test_ls_json(saved: Path) -> None:
     assert doc[0]["pinned"] is False
 
 
+def test_inspection_commands_do_not_write(saved: Path) -> None:
+    """ls/show/verify must work with read-only credentials: not even a missing LATEST is repaired."""
+    (saved / "LATEST").unlink()
+    before = sorted((p.relative_to(saved), p.stat().st_mtime_ns) for p in saved.rglob("*"))
+    for args in (["ls", str(saved)], ["show", str(saved)], ["verify", str(saved), "--all"]):
+        r = cli(*args)
+        assert r.returncode == 0, (args, r.stderr)
+    assert "200" in cli("ls", str(saved)).stdout
+    assert sorted((p.relative_to(saved), p.stat().st_mtime_ns) for p in saved.rglob("*")) == before
+
+
 def test_ls_empty_dir(tmp_path: Path) -> None:
     r = cli("ls", str(tmp_path))
     assert r.returncode == 0

@@ -441,3 +441,30 @@ def test_generic_fsspec_url_works_and_warns(tmp_path, caplog):
         store.save(1, {"w": np.arange(3)})
     np.testing.assert_array_equal(store.restore()["w"], np.arange(3))
     assert math.isclose(store.latest().time, store.list()[0].time)
+
+
+def test_read_only_store_never_writes(model_dir):
+    from ckptstore.errors import ReadOnlyError
+    from ckptstore.format import encode_latest
+    from ckptstore.commit import latest_from_manifest
+
+    writer = open_store(model_dir)
+    writer.save(1, {"w": np.full(2, 1)})
+    writer.save(2, {"w": np.full(2, 2)})
+    # LATEST lags behind step 2 (a writer died between commit and pointer update)
+    writer.storage.put(LATEST_KEY, encode_latest(latest_from_manifest(writer.manifest(1))))
+    before = {o.key: o.version for o in writer.storage.list()}
+    reader = open_store(model_dir, read_only=True)
+    assert reader.latest().step == 2
+    assert (reader.restore()["w"] == 2).all()
+    assert [i.step for i in reader.list()] == [1, 2]
+    for call in (lambda: reader.save(3, {"w": np.zeros(1)}), lambda: reader.prune(), lambda: reader.pin(1),
+                 lambda: reader.gc()):
+        with pytest.raises(ReadOnlyError, match="opened read-only"):
+            call()
+    assert reader.prune(dry_run=True).dry_run
+    writer.storage.delete(LATEST_KEY)
+    assert open_store(model_dir, read_only=True).latest().step == 2
+    after = {o.key: o.version for o in writer.storage.list() if o.key != LATEST_KEY}
+    assert after == {k: v for k, v in before.items() if k != LATEST_KEY}
+    assert LATEST_KEY not in {o.key for o in writer.storage.list()}
