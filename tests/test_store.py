@@ -444,9 +444,9 @@ def test_generic_fsspec_url_works_and_warns(tmp_path, caplog):
 
 
 def test_read_only_store_never_writes(model_dir):
+    from ckptstore.commit import latest_from_manifest
     from ckptstore.errors import ReadOnlyError
     from ckptstore.format import encode_latest
-    from ckptstore.commit import latest_from_manifest
 
     writer = open_store(model_dir)
     writer.save(1, {"w": np.full(2, 1)})
