@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import http.client
 import io
 import threading
 import time
@@ -36,7 +35,6 @@ import boto3
 import botocore.exceptions
 import botocore.session
 import urllib3.exceptions
-import urllib3.response
 from botocore import UNSIGNED
 from botocore.config import Config
 
@@ -136,26 +134,6 @@ def _is_transient(e: BaseException) -> bool:
 
 class _ShortBody(Exception):
     """A response body ended before its Content-Length (a dropped connection): retried."""
-
-
-_DIRECT_READ_MAX = 256 * MiB  # per readinto call (SSL sockets refuse reads of 2 GiB and more)
-
-
-def _direct_reader(raw: Any) -> Any:
-    """The ``http.client.HTTPResponse`` under a urllib3 response, when reading it directly is safe.
-
-    botocore asks urllib3 for undecoded bodies (``decode_content=False``), so the bytes on the wire are
-    the bytes wanted; http.client handles Content-Length and chunked framing. None (use urllib3's own
-    path) when the response is not urllib3's or urllib3 has already buffered part of the body.
-    """
-    if not isinstance(raw, urllib3.response.HTTPResponse) or getattr(raw, "decode_content", True):
-        return None
-    fp = getattr(raw, "_fp", None)
-    if fp is None or not hasattr(fp, "readinto") or not hasattr(fp, "isclosed") or fp.isclosed():
-        return None
-    if getattr(raw, "_fp_bytes_read", 0) or len(getattr(raw, "_decoded_buffer", b"")):
-        return None
-    return fp
 
 
 class _ViewReader(io.RawIOBase):
@@ -455,21 +433,11 @@ class S3Storage(StorageBase):
             body = resp["Body"]
             try:
                 # Read the socket straight into the caller's buffer: botocore's StreamingBody offers
-                # only read(), which would allocate and copy every chunk once more — and so does
-                # urllib3's readinto (a read() of that size, then a copy: a fresh temporary as big as
-                # the range, page faults included, on every call). So the body is read from the
-                # http.client response under urllib3 (recv_into the caller's memory), then the
-                # connection is handed back to urllib3's pool as urllib3 does once a body is consumed.
+                # only read(), which would allocate and copy every chunk once more.
                 raw = getattr(body, "_raw_stream", None)
-                fp = _direct_reader(raw)
                 done = 0
                 while done < len(view):
-                    if fp is not None:
-                        try:
-                            n = fp.readinto(view[done:done + _DIRECT_READ_MAX])
-                        except http.client.HTTPException as e:  # a broken chunked body
-                            raise _ShortBody(str(e)) from e
-                    elif raw is not None and hasattr(raw, "readinto"):
+                    if raw is not None and hasattr(raw, "readinto"):
                         try:
                             n = raw.readinto(view[done:])
                         except urllib3.exceptions.HTTPError as e:  # read timeout, protocol error
@@ -481,8 +449,6 @@ class S3Storage(StorageBase):
                     if n == 0:
                         break
                     done += n
-                if fp is not None and fp.isclosed():  # the whole body was read: reuse the connection
-                    raw.release_conn()
             finally:
                 body.close()
             if done < len(view):
