@@ -390,9 +390,12 @@ def _read_large(storage: Storage, url: str, prefix: str, name: str, chunk: Chunk
     if not verify:
         storage.read_into(key, chunk.offset, dest)
         return
+    # Local reads go piece by piece so each piece is checksummed while it is still in cache; a remote
+    # backend gets the whole chunk in one call, which it splits into concurrent ranged GETs itself.
+    piece_size = storage.read_piece_size or chunk.nbytes
     crc = 0
-    for i in range(0, chunk.nbytes, PIECE):
-        piece = dest[i : i + PIECE]
+    for i in range(0, chunk.nbytes, piece_size):
+        piece = dest[i : i + piece_size]
         storage.read_into(key, chunk.offset + i, piece)
         crc = crc32c(piece, crc)
     if crc != chunk.crc32c:

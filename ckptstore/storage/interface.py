@@ -72,6 +72,7 @@ class Storage(Protocol):
     url: str
     capabilities: Capabilities
     io_workers: int  # how many calls are worth running at once (threads in ckptstore.transfer)
+    read_piece_size: int  # split large reads into calls of this size (0: one call per range)
 
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         """Return bytes ``[start, end)`` of ``key`` (the whole object by default)."""
@@ -111,6 +112,7 @@ class StorageBase:
     url: str
     capabilities: Capabilities
     io_workers: int = 8  # remote stores hide latency behind concurrency
+    read_piece_size: int = 0  # remote stores split a big range into concurrent GETs themselves
 
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         raise NotImplementedError
