@@ -438,16 +438,14 @@ def map_tensors(
     Raises:
         Unsupported: the storage is not a local directory.
     """
-    root = getattr(storage, "root", None)
-    if root is None or not storage.url.startswith("file://"):
+    if not hasattr(storage, "open_for_read") or not storage.url.startswith("file://"):
         raise Unsupported(f"{storage.url}: mmap restores need a local-disk store (file:// or a path)")
     maps: dict[str, mmap.mmap] = {}
 
     def shard_map(shard: str) -> mmap.mmap:
         if shard not in maps:
-            path = os.path.join(os.fspath(root), step_prefix, shard)
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = storage.open_for_read(f"{step_prefix}/{shard}")  # refuses symlinks out of the model_dir
             except FileNotFoundError:
                 raise FormatError(f"{storage.url}/{step_prefix}/{shard}: shard named by the manifest is missing") from None
             try:

@@ -220,3 +220,15 @@ def test_a_symlinked_step_directory_is_not_followed(tmp_path: Path) -> None:
     (root / f"step-{STEP:012d}").symlink_to(elsewhere)
     with pytest.raises(CkptStoreError, match="a directory on the way is a symlink"):
         Recorded(root).store.restore(step=STEP)
+
+
+def test_mmap_restore_does_not_follow_a_symlinked_shard(tmp_path: Path) -> None:
+    root = tmp_path / "model_dir"
+    _build(root)
+    shard = root / SHARD_KEY
+    target = tmp_path / "outside-shard.bin"
+    target.write_bytes(shard.read_bytes())
+    shard.unlink()
+    shard.symlink_to(target)
+    with pytest.raises(CkptStoreError, match="is a symlink"):
+        Recorded(root).store.restore(step=STEP, mmap=True)
