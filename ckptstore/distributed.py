@@ -61,10 +61,9 @@ from ckptstore.manager import (
     CheckpointInfo,
     CheckpointStore,
     __version__,
-    _check_step,
     compare,
-    flatten_state,
     flatten_template,
+    prepare_save,
 )
 from ckptstore.storage.interface import Storage
 
@@ -207,15 +206,7 @@ def save(
     prepared: dict[str, Any] = {}
     local: Exception | None = None  # this rank's own error, chained to the RankFailed it raises
     try:
-        step = _check_step(step)
-        arrays, scalars = flatten_state(state)
-        if metadata is None:
-            metadata = {}
-        if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
-            raise TypeError("metadata must be a mapping with string keys")
-        metadata = msgpack.unpackb(pack(dict(metadata), "metadata"), raw=False)
-        pack(scalars, "state scalars")
-        prepared = {name: transfer.prepare_array(a) for name, a in arrays.items()}
+        step, prepared, scalars, metadata = prepare_save(step, state, metadata)
         held = [[n, dtype_name(a.dtype), list(a.shape), a.nbytes] for n, a in prepared.items()]
         plan = {"error": None, "tensors": held, "scalars": scalars, "metadata": metadata if me == 0 else None}
     except Exception as e:

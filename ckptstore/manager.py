@@ -373,6 +373,30 @@ def flatten_template(template: Mapping[str, Any]) -> tuple[dict[str, Any], dict[
 # ---------------------------------------------------------------------------------------------
 
 
+def prepare_save(
+    step: Any, state: Mapping[str, Any], metadata: Mapping[str, Any] | None
+) -> tuple[int, dict[str, np.ndarray], dict[str, Scalar], dict[str, Any]]:
+    """Validate a save's arguments before anything is written: the step, the flattened state as
+    C-contiguous little-endian arrays (of a storable dtype) plus scalars, and the metadata normalised to
+    what a restore will read back (numpy scalars -> Python, tuples -> lists).
+
+    Raises:
+        TypeError, ValueError: as ``CheckpointStore.save`` documents.
+    """
+    step = _check_step(step)
+    arrays, scalars = flatten_state(state)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
+        raise TypeError("metadata must be a mapping with string keys")
+    metadata = msgpack.unpackb(pack(dict(metadata), "metadata"), raw=False)
+    pack(scalars, "state scalars")
+    prepared = {name: prepare_array(a) for name, a in arrays.items()}
+    for a in prepared.values():
+        dtype_name(a.dtype)  # TypeError for a dtype outside the closed set
+    return step, prepared, scalars, metadata
+
+
 def _check_step(step: Any) -> int:
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
         raise TypeError(f"step must be a non-negative integer, got {step!r}")
@@ -605,17 +629,7 @@ class CheckpointStore:
         self._check_writable("save")
         with self._save_lock:
             self.wait()
-            step = _check_step(step)
-            arrays, scalars = flatten_state(state)
-            if metadata is None:
-                metadata = {}
-            if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
-                raise TypeError("metadata must be a mapping with string keys")
-            # Normalise to what a restore will read back (numpy scalars -> Python, tuples -> lists), and fail
-            # on unserialisable values before anything is written.
-            metadata = msgpack.unpackb(pack(dict(metadata), "metadata"), raw=False)
-            pack(scalars, "state scalars")
-            prepared = {name: prepare_array(a) for name, a in arrays.items()}
+            step, prepared, scalars, metadata = prepare_save(step, state, metadata)
             specs = {name: (dtype_name(a.dtype), tuple(a.shape)) for name, a in prepared.items()}
             storage = self._storage
             self._roll_forward_once()
@@ -632,7 +646,7 @@ class CheckpointStore:
                                               started, None)
             buffers = self._staging.acquire(plan.shard_sizes)
             stage(prepared, plan, buffers, self.workers)
-            del prepared, arrays  # the caller owns its arrays again
+            del prepared  # the caller owns its arrays again
             blocked = time.perf_counter() - started
             if self._background is None:
                 self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptstore-save")
