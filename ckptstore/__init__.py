@@ -1,5 +1,12 @@
 """ckptstore: crash-safe, fast, pluggable checkpoint storage for training jobs."""
 
-from ckptstore.manager import CheckpointInfo, CheckpointStore, PruneResult, SaveHandle, TransferStats, __version__
+from ckptstore.manager import (
+    CheckpointInfo,
+    CheckpointStore,
+    PruneResult,
+    SaveHandle,
+    TransferStats,
+    __version__,
+)
 
 __all__ = ["CheckpointInfo", "CheckpointStore", "PruneResult", "SaveHandle", "TransferStats", "__version__"]
