@@ -13,6 +13,7 @@ providing a ``storage`` pytest fixture that yields a fresh, empty backend::
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -220,7 +221,10 @@ class FaultInjectingStorage:
 
     ``fail_on(predicate)`` makes every call for which ``predicate(method, key, call_index)`` is true
     raise ``error`` (a ``StorageError`` by default) before reaching the wrapped backend, or, with
-    ``short_write=True``, store only the first half of a ``put`` and then raise.
+    ``short_write=True``, store only the first half of a ``put`` and then raise, or, with ``hang=seconds``,
+    block for that long and then raise a ``StorageError`` saying the call timed out (what a backend
+    raises when its client's read or connect timeout expires). A hang never reaches the wrapped backend;
+    ``heal()`` releases a call that is still hanging early (it still fails).
     """
 
     def __init__(self, inner: Storage):
@@ -231,22 +235,36 @@ class FaultInjectingStorage:
         self._predicate: Callable[[str, str, int], bool] | None = None
         self._error: BaseException | None = None
         self._short_write = False
+        self._hang: float | None = None
+        self._released = threading.Event()
         self._lock = threading.Lock()
 
     def fail_on(self, predicate: Callable[[str, str, int], bool], error: BaseException | None = None,
-                short_write: bool = False) -> None:
+                short_write: bool = False, hang: float | None = None) -> None:
+        if hang is not None and not 0 <= hang < float("inf"):
+            raise ValueError(f"hang must be a finite number of seconds, not {hang!r}")
+        if hang is not None and (short_write or error is not None):
+            raise ValueError("hang= cannot be combined with short_write= or error=")
+        self._released.clear()
         self._predicate = predicate
         self._error = error
         self._short_write = short_write
+        self._hang = hang
 
     def heal(self) -> None:
         self._predicate = None
+        self._released.set()
 
     def _check(self, method: str, key: str) -> bool:
         with self._lock:
             index = len(self.calls)
             self.calls.append((method, key))
         if self._predicate is not None and self._predicate(method, key, index):
+            if self._hang is not None:
+                started = time.monotonic()
+                self._released.wait(self._hang)
+                raise StorageError(f"{self.url}/{key}: {method} timed out after "
+                                   f"{time.monotonic() - started:.2f}s (injected hang)")
             if method == "put" and self._short_write:
                 return True
             raise self._error or StorageError(f"{self.url}/{key}: injected fault in {method}")

@@ -2,10 +2,12 @@
 two processes saving into one model_dir.
 
 The pattern of every trial: count the storage calls of a clean run, then for each call index (and each
-kind of fault) run the operation again on a fresh copy of the same model_dir with exactly that call
-failing. The operation must complete or raise a ``CkptStoreError`` that says what failed; the store must
-stay consistent (a fresh store's LATEST and every listed checkpoint restore bit-exactly, no earlier
-checkpoint is lost); and once the fault is gone, a retry must succeed.
+kind of fault: an exception, a short write, a call that hangs for ``HANG`` seconds and then times out) run
+the operation again on a fresh copy of the same model_dir with exactly that call failing — on local disk,
+and for restore, prune and gc (save: its commit path) on moto's S3 as well. The operation must complete or
+raise a ``CkptStoreError`` that says what failed; the store must stay consistent (a fresh store's LATEST
+and every listed checkpoint restore bit-exactly, no earlier checkpoint is lost); and once the fault is
+gone, a retry must succeed.
 """
 
 from __future__ import annotations
@@ -64,12 +66,19 @@ def assert_exact(restored: dict[str, Any], expected: dict[str, Any], where: str 
             assert type(got) is type(want) and got == want, f"{where} {name}"
 
 
+def _open_store(root: Path | str | Any, storage_options: dict[str, Any] | None = None) -> CheckpointStore:
+    """A fresh store on a path or URL, or on a storage object (the S3 trials reuse their connection)."""
+    if isinstance(root, (str, Path)):
+        return CheckpointStore(root, storage_options=storage_options)
+    return CheckpointStore(storage=root)
+
+
 def check_consistent(
-    root: Path | str, must_have: Iterable[int], where: str,
+    root: Path | str | Any, must_have: Iterable[int], where: str,
     state_of: Callable[[int], dict[str, Any]] = state, storage_options: dict[str, Any] | None = None,
 ) -> int:
     """A fresh store on ``root``: LATEST and every listed checkpoint restore exactly; returns LATEST's step."""
-    with CheckpointStore(root, storage_options=storage_options) as store:
+    with _open_store(root, storage_options) as store:
         steps = [info.step for info in store.list()]
         missing = set(must_have) - set(steps)
         assert not missing, f"{where}: committed checkpoints {sorted(missing)} are gone"
@@ -81,9 +90,9 @@ def check_consistent(
         return latest.step
 
 
-def leftovers(root: Path) -> list[str]:
+def leftovers(root: Path | str | Any, storage_options: dict[str, Any] | None = None) -> list[str]:
     """Files that are neither LATEST, locks, manifests nor shards some manifest names."""
-    with CheckpointStore(root) as store:
+    with _open_store(root, storage_options) as store:
         referenced = {LATEST_KEY}
         for step in commit.committed_steps(store.storage):
             m = commit.read_manifest(store.storage, step)
@@ -141,6 +150,29 @@ class Tally:
         return f"{self.completed + self.failed} trials: {self.completed} completed, {self.failed} failed clearly"
 
 
+HANG = 0.2  # seconds an injected hang blocks before it "times out" (keeps ~100 hang trials short)
+
+
+def fail_one_call(faults: Faults, index: int, kind: str) -> None:
+    """Arm ``faults`` so that call ``index`` fails with ``kind``: error, short (write), hang or corrupt (read)."""
+    if kind == "corrupt":
+        faults.corrupt_reads = True
+        faults.fail_on(lambda m, k, i: i == index and m in ("get", "read_into") and k != LATEST_KEY
+                       and not k.endswith("manifest.msgpack"))
+    elif kind == "hang":
+        faults.fail_on(lambda m, k, i: i == index, hang=HANG)
+    else:
+        faults.fail_on(lambda m, k, i: i == index, short_write=kind == "short")
+
+
+def kinds_of(mode: str, method: str) -> tuple[str, ...]:
+    """The faults a trial injects at one call: ``hang`` mode hangs every call, ``fault`` mode raises
+    (and also short-writes a put)."""
+    if mode == "hang":
+        return ("hang",)
+    return ("error", "short") if method == "put" else ("error",)
+
+
 def run_with_fault(
     template: Path, tmp: Path, index: int, kind: str, run: Callable[[CheckpointStore], Any], **store_options: Any
 ) -> tuple[Path, Faults, CheckpointStore, BaseException | None]:
@@ -148,20 +180,26 @@ def run_with_fault(
     shutil.copytree(template, root)
     faults = Faults(LocalStorage(root))
     store = CheckpointStore(storage=faults, **store_options)
-    if kind == "corrupt":
-        faults.corrupt_reads = True
-        faults.fail_on(lambda m, k, i: i == index and m in ("get", "read_into") and k != LATEST_KEY
-                       and not k.endswith("manifest.msgpack"))
-    else:
-        faults.fail_on(lambda m, k, i: i == index, short_write=kind == "short")
+    fail_one_call(faults, index, kind)
     error: BaseException | None = None
+    started = time.monotonic()
     try:
         run(store)
     except CkptStoreError as e:
         error = e
+    if kind == "hang":
+        assert_hang_bounded(time.monotonic() - started, error, f"hang at call {index}")
     faults.heal()
     faults.corrupt_reads = False
     return root, faults, store, error
+
+
+def assert_hang_bounded(elapsed: float, error: BaseException | None, where: str) -> None:
+    """A hanging call holds the operation up for the hang and no longer; a failure says it timed out."""
+    assert elapsed < HANG + 10, f"{where}: the operation took {elapsed:.1f} s"
+    if error is not None:
+        text = f"{error} {error.__cause__ or ''} {error.__context__ or ''}"
+        assert "timed out" in text, f"{where}: a hang failed with {error!r}, which does not say it timed out"
 
 
 def assert_clear(error: BaseException, faults: Faults, where: str) -> None:
@@ -185,7 +223,8 @@ def saved_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_a_fault_at_every_storage_call_of_save(saved_template: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["fault", "hang"])
+def test_a_fault_at_every_storage_call_of_save(saved_template: Path, tmp_path: Path, mode: str) -> None:
     options = dict(workers=2, keep_max=2, gc_grace_seconds=0)
 
     def save(store: CheckpointStore) -> None:
@@ -197,7 +236,7 @@ def test_a_fault_at_every_storage_call_of_save(saved_template: Path, tmp_path: P
     assert any(m == "put" for m, _ in calls) and any(m == "delete" for m, _ in calls)  # commit and prune
     tally = Tally()
     for index, (method, _key) in enumerate(calls):
-        for kind in ("error", "short") if method == "put" else ("error",):
+        for kind in kinds_of(mode, method):
             where = f"fault {kind} at call {index} ({method} {_key})"
             root, faults, store, error = run_with_fault(saved_template, tmp_path, index, kind, save, **options)
             if error is None:
@@ -230,12 +269,15 @@ def test_a_fault_at_every_storage_call_of_save(saved_template: Path, tmp_path: P
                     tally.notes.append(f"{where}: retry said already committed")
             assert check_consistent(root, must_have=[1, 2], where=f"{where}, after retry") == 2
             shutil.rmtree(root)
-    print(tally, *tally.notes, sep="\n  ")
+    print(f"save, {mode}: {tally}", *tally.notes, sep="\n  ")
     # Every fault up to and including the LATEST write fails the save; the housekeeping after it may not.
     assert tally.failed >= calls.index(("put", LATEST_KEY)) + 1
 
 
-def test_a_fault_or_a_damaged_read_at_every_storage_call_of_restore(saved_template: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["fault", "hang"])
+def test_a_fault_or_a_damaged_read_at_every_storage_call_of_restore(
+    saved_template: Path, tmp_path: Path, mode: str
+) -> None:
     options = dict(workers=1)  # one call order every time, so call i is the same call in every trial
 
     def restore(store: CheckpointStore) -> None:
@@ -245,8 +287,8 @@ def test_a_fault_or_a_damaged_read_at_every_storage_call_of_restore(saved_templa
     assert any(m == "read_into" for m, _ in calls)
     tally = Tally()
     for index, (method, key) in enumerate(calls):
-        kinds = ["error"]
-        if method in ("get", "read_into") and key != LATEST_KEY and not key.endswith("manifest.msgpack"):
+        kinds = list(kinds_of(mode, method))
+        if mode == "fault" and method in ("get", "read_into") and key != LATEST_KEY and not key.endswith("manifest.msgpack"):
             kinds.append("corrupt")
         for kind in kinds:
             where = f"fault {kind} at call {index} ({method} {key})"
@@ -260,7 +302,7 @@ def test_a_fault_or_a_damaged_read_at_every_storage_call_of_restore(saved_templa
                     assert isinstance(error, FormatError), f"{where}: {error!r}"
             assert_exact(store.restore(), state(1), f"{where}, retry")
             shutil.rmtree(root)
-    print(tally)
+    print(f"restore, {mode}: {tally}")
     assert tally.failed > 0
 
 
@@ -277,7 +319,8 @@ def six_steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_a_fault_at_every_storage_call_of_prune(six_steps: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["fault", "hang"])
+def test_a_fault_at_every_storage_call_of_prune(six_steps: Path, tmp_path: Path, mode: str) -> None:
     def prune(store: CheckpointStore) -> None:
         store.prune(retention=KeepMax(2))
 
@@ -288,8 +331,9 @@ def test_a_fault_at_every_storage_call_of_prune(six_steps: Path, tmp_path: Path)
     assert [i.step for i in CheckpointStore(base).list()] == [5, 6]
     tally = Tally()
     for index, (method, key) in enumerate(calls):
-        where = f"fault at call {index} ({method} {key})"
-        root, faults, store, error = run_with_fault(six_steps, tmp_path, index, "error", prune,
+        kind = "hang" if mode == "hang" else "error"
+        where = f"fault {kind} at call {index} ({method} {key})"
+        root, faults, store, error = run_with_fault(six_steps, tmp_path, index, kind, prune,
                                                     workers=1, gc_grace_seconds=0)
         if error is None:
             tally.completed += 1
@@ -304,11 +348,12 @@ def test_a_fault_at_every_storage_call_of_prune(six_steps: Path, tmp_path: Path)
         store.gc(grace_seconds=0)
         assert leftovers(root) == [], f"{where}: {leftovers(root)}"
         shutil.rmtree(root)
-    print(tally)
+    print(f"prune, {mode}: {tally}")
     assert tally.failed > 0
 
 
-def test_a_fault_at_every_storage_call_of_gc(six_steps: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["fault", "hang"])
+def test_a_fault_at_every_storage_call_of_gc(six_steps: Path, tmp_path: Path, mode: str) -> None:
     def gc(store: CheckpointStore) -> None:
         store.gc(grace_seconds=0)
 
@@ -319,8 +364,9 @@ def test_a_fault_at_every_storage_call_of_gc(six_steps: Path, tmp_path: Path) ->
     assert leftovers(base) == []
     tally = Tally()
     for index, (method, key) in enumerate(calls):
-        where = f"fault at call {index} ({method} {key})"
-        root, faults, store, error = run_with_fault(six_steps, tmp_path, index, "error", gc, workers=1)
+        kind = "hang" if mode == "hang" else "error"
+        where = f"fault {kind} at call {index} ({method} {key})"
+        root, faults, store, error = run_with_fault(six_steps, tmp_path, index, kind, gc, workers=1)
         if error is None:
             tally.completed += 1
         else:
@@ -330,7 +376,7 @@ def test_a_fault_at_every_storage_call_of_gc(six_steps: Path, tmp_path: Path) ->
         store.gc(grace_seconds=0)
         assert leftovers(root) == [], where
         shutil.rmtree(root)
-    print(tally)
+    print(f"gc, {mode}: {tally}")
     assert tally.failed > 0
 
 
@@ -710,3 +756,173 @@ def test_a_fault_at_every_storage_call_of_a_save_to_s3(s3_moto: Any) -> None:
             assert check_consistent(url, [1, 2], f"{where}, after retry", _small_state, opts) == 2
     print(tally)
     assert tally.failed >= calls.index(("put", LATEST_KEY)) + 1
+
+
+# restore, prune and gc on moto's S3: the same trials as on local disk, fewer and smaller tensors
+
+class _Borrowed(FaultInjectingStorage):
+    """A backend lent to a short-lived ``CheckpointStore``: closing the store leaves the connection open."""
+
+    def close(self) -> None:
+        pass
+
+
+def _s3_prefix(url: str) -> str:
+    return url.split("://", 1)[1].split("/", 1)[1] + "/"
+
+
+def _s3_copy(bucket: Any, src: str, dst: str) -> None:
+    """What ``shutil.copytree`` is to the local trials (``bucket``: a storage on the bucket's root)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    keys = [o.key for o in bucket.list(_s3_prefix(src))]
+    tail = len(_s3_prefix(src))
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: bucket.put(_s3_prefix(dst) + k[tail:], bucket.get(k)), keys))
+
+
+def _s3_remove(bucket: Any, url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(bucket.delete, [o.key for o in bucket.list(_s3_prefix(url))]))
+
+
+def _tiny_state(step: int) -> dict[str, Any]:
+    """One shard per checkpoint: the S3 prune and gc trials copy, restore and delete fewer objects."""
+    return {"w": np.random.default_rng(step).standard_normal((20, 10)).astype(np.float32), "step": step}
+
+
+@pytest.fixture(scope="module")
+def s3_templates(s3_moto: Any) -> Iterator[dict[str, Any]]:
+    """``saved``: steps 0 and 1; ``four``: steps 1-4 plus garbage for gc (an uncommitted attempt, a temp
+    file); ``bucket``: a storage on the bucket's root, to copy and remove model_dirs."""
+    from ckptstore.storage import open_storage
+
+    opts = s3_moto.storage_options
+    base = f"s3://{s3_moto.bucket}/fault-templates-{uuid.uuid4().hex[:12]}"
+    urls = {"saved": f"{base}/saved", "four": f"{base}/four"}
+    with CheckpointStore(urls["saved"], storage_options=opts) as store:
+        store.save(0, _small_state(0))
+        store.save(1, _small_state(1))
+    with CheckpointStore(urls["four"], storage_options=opts, workers=1) as store:
+        for step in range(1, 5):
+            store.save(step, _tiny_state(step))
+    with open_storage(urls["four"], **opts) as s:
+        for obj in list(s.list(f"{step_dir(4)}/attempt-")):
+            tail = obj.key.split("/", 2)[2]
+            s.put(f"{step_dir(5)}/attempt-0000000000000000/{tail}", s.get(obj.key))
+        s.put(f"{step_dir(3)}/.tmp-manifest.msgpack.0123456789ab", b"half")
+        assert len(leftovers(urls["four"], opts)) >= 2
+    with open_storage(f"s3://{s3_moto.bucket}", **opts) as bucket:
+        yield {**urls, "bucket": bucket}
+        _s3_remove(bucket, base)
+
+
+def _s3_trials(
+    s3_moto: Any, templates: dict[str, Any], name: str, mode: str, run: Callable[[CheckpointStore], Any],
+    check: Callable[[Any, CheckpointStore, str], None], **store_options: Any,
+) -> tuple[Tally, list[tuple[str, str]]]:
+    """Every call of ``run`` on a copy of template ``name`` failed in turn (``mode``: fault or hang), then
+    ``check(direct, store, where)``: ``direct`` is the copy without faults, ``store`` the faulted store, healed.
+    Trials run four at a time (each on its own copy): they mostly wait for moto. Hang trials take every
+    third call (the local hang trials take every call; on S3 a hang differs from an error only in the wait,
+    and every call's error trial runs here), to keep the S3 trials near 30 s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ckptstore.storage import open_storage
+
+    bucket = templates["bucket"]
+
+    def copy() -> tuple[str, Faults, CheckpointStore]:
+        url = f"s3://{s3_moto.bucket}/s3-trial-{uuid.uuid4().hex[:12]}"
+        _s3_copy(bucket, templates[name], url)
+        faults = Faults(open_storage(url, **s3_moto.storage_options))
+        return url, faults, CheckpointStore(storage=faults, **store_options)
+
+    url, faults, store = copy()
+    run(store)
+    calls = list(faults.calls)
+    store.close()
+    _s3_remove(bucket, url)
+    tally = Tally()
+    kind = "hang" if mode == "hang" else "error"
+
+    def trial(index: int) -> None:
+        method, key = calls[index]
+        where = f"s3: fault {kind} at call {index} ({method} {key})"
+        url, faults, store = copy()
+        fail_one_call(faults, index, kind)
+        error: BaseException | None = None
+        started = time.monotonic()
+        try:
+            run(store)
+        except CkptStoreError as e:
+            error = e
+            assert_clear(e, faults, where)
+        if kind == "hang":
+            assert_hang_bounded(time.monotonic() - started, error, where)
+        faults.heal()
+        check(_Borrowed(faults.inner), store, where)
+        store.close()
+        _s3_remove(bucket, url)
+        with lock:
+            if error is None:
+                tally.completed += 1
+            else:
+                tally.failed += 1
+
+    lock = threading.Lock()
+    with ThreadPoolExecutor(4) as pool:
+        for done in [pool.submit(trial, index) for index in range(0, len(calls), 3 if mode == "hang" else 1)]:
+            done.result()  # re-raises a failed trial's assertion
+    return tally, calls
+
+
+@pytest.mark.parametrize("mode", ["fault", "hang"])
+def test_a_fault_at_every_storage_call_of_restore_on_s3(s3_moto: Any, s3_templates: dict[str, Any], mode: str) -> None:
+    def restore(store: CheckpointStore) -> None:
+        assert_exact(store.restore(), _small_state(1), "restore() under a fault")  # never wrong data
+
+    def check(direct: Any, store: CheckpointStore, where: str) -> None:
+        check_consistent(direct, [0, 1], where, _small_state)
+        assert_exact(store.restore(), _small_state(1), f"{where}, retry")
+
+    tally, calls = _s3_trials(s3_moto, s3_templates, "saved", mode, restore, check, workers=1)
+    print(f"s3 restore, {mode}: {tally}")
+    assert tally.failed > 0
+
+
+@pytest.mark.parametrize("mode", ["fault", "hang"])
+def test_a_fault_at_every_storage_call_of_prune_on_s3(s3_moto: Any, s3_templates: dict[str, Any], mode: str) -> None:
+    def prune(store: CheckpointStore) -> None:
+        store.prune(retention=KeepMax(2))
+
+    def check(direct: Any, store: CheckpointStore, where: str) -> None:
+        check_consistent(direct, [3, 4], where, _tiny_state)
+        store.prune(retention=KeepMax(2))
+        with CheckpointStore(storage=direct) as fresh:
+            assert [i.step for i in fresh.list()] == [3, 4], where
+        store.gc(grace_seconds=0)
+        assert leftovers(direct) == [], f"{where}: {leftovers(direct)}"
+
+    tally, calls = _s3_trials(s3_moto, s3_templates, "four", mode, prune, check, workers=1, gc_grace_seconds=0)
+    print(f"s3 prune, {mode}: {tally}")
+    assert sum(m == "delete" for m, _ in calls) >= 2
+    assert tally.failed > 0
+
+
+@pytest.mark.parametrize("mode", ["fault", "hang"])
+def test_a_fault_at_every_storage_call_of_gc_on_s3(s3_moto: Any, s3_templates: dict[str, Any], mode: str) -> None:
+    def gc(store: CheckpointStore) -> None:
+        store.gc(grace_seconds=0)
+
+    def check(direct: Any, store: CheckpointStore, where: str) -> None:
+        check_consistent(direct, range(1, 5), where, _tiny_state)
+        store.gc(grace_seconds=0)
+        assert leftovers(direct) == [], f"{where}: {leftovers(direct)}"
+
+    tally, calls = _s3_trials(s3_moto, s3_templates, "four", mode, gc, check, workers=1)
+    print(f"s3 gc, {mode}: {tally}")
+    assert sum(m == "delete" for m, _ in calls) >= 2
+    assert tally.failed > 0
