@@ -20,6 +20,9 @@ logs="$(mktemp -d)"
   bash scripts/test-torch.sh --install-only > "$logs/torch-install.log" 2>&1; echo $? > "$logs/torch.rc" ) &
 installs=$!
 
+echo "== lint"
+.venv/bin/ruff check . || status=1
+
 echo "== core suite"
 .venv/bin/python -m pytest -q -p no:cacheprovider tests "$@" || status=1
 echo "== core suite done at $SECONDS s"
