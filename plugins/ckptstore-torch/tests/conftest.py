@@ -112,7 +112,7 @@ def run_ranks(
     world_size: int,
     scenario: Callable[[int, Any], Any],
     *,
-    timeout: float = 3.0,
+    timeout: float = 60.0,
     deadline: float = 30.0,
     wait_for: set[int] | None = None,
 ) -> list[RankResult]:
