@@ -205,10 +205,10 @@ def test_from_run_config_uses_tf_names_and_defaults(tmp_path):
 
 PRUNER = textwrap.dedent(
     """
-    import sys
+    import json, sys
     from ckptstore import CheckpointStore
     from ckptstore.policies import KeepMax
-    store = CheckpointStore(sys.argv[1])
+    store = CheckpointStore(sys.argv[1], storage_options=json.loads(sys.argv[2]) if len(sys.argv) > 2 else None)
     print("ready", flush=True)
     store.prune(retention=KeepMax(2))
     """
@@ -235,3 +235,34 @@ def test_prune_killed_midway_leaves_a_consistent_store(tmp_path, trial):
     leftovers = {o.key.split("/")[0] for o in LocalStorage(tmp_path).list() if o.key.startswith("step-")}
     assert leftovers == {"step-000000000010", "step-000000000011"}
     assert os.path.exists(tmp_path / LATEST_KEY)
+
+
+def test_prune_killed_midway_on_object_stores(model_dir):
+    """The same SIGKILL trial against the S3 and GCS servers (a memory:// store cannot outlive a process;
+    local disk has the 12 trials above)."""
+    import json
+
+    if model_dir.backend in ("memory", "local"):
+        pytest.skip("covered by test_prune_killed_midway_leaves_a_consistent_store (local) / not shareable (memory)")
+    options = json.dumps(model_dir.storage_options)
+    for trial in range(3):
+        url = f"{model_dir.url}/trial{trial}"
+        store = CheckpointStore(url, storage_options=model_dir.storage_options, chunk_size=4096, max_shard_size=4096)
+        for step in range(8):
+            store.save(step, {f"t{i}": np.full(600, step * 100 + i) for i in range(4)})
+        child = subprocess.Popen([sys.executable, "-c", PRUNER, url, options], stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(np.random.default_rng(trial).uniform(0, 0.3))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        after = CheckpointStore(url, storage_options=model_dir.storage_options)
+        for info in after.list():
+            restored = after.restore(info.step)
+            assert all((restored[f"t{i}"] == info.step * 100 + i).all() for i in range(4))
+        assert after.latest().step == 7
+        after.prune(retention=KeepMax(2))
+        assert steps(after) == [6, 7]
+        with model_dir.open() as raw:
+            prefix = f"trial{trial}/"  # keys of the backend opened on model_dir.url
+            left = {o.key[len(prefix):].split("/")[0] for o in raw.list() if o.key.startswith(prefix + "step-")}
+        assert left == {"step-000000000006", "step-000000000007"}
