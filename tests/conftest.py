@@ -12,7 +12,6 @@ would report green on nothing.
 
 from __future__ import annotations
 
-import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -24,43 +23,23 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from servers import FakeGcsServer, MotoServer, S3Server, SeaweedServer, Server, ServerUnavailable  # noqa: E402
+from servers import (  # noqa: E402
+    FakeGcsServer,
+    MotoServer,
+    S3Server,
+    SeaweedServer,
+    start_for_tests,
+)
 
 from ckptstore.storage import Storage, open_storage  # noqa: E402
 
 BACKENDS = ["memory", "local", "s3-moto", "s3-seaweedfs", "gcs"]
 
 
-def in_ci() -> bool:
-    """True on CI (``CI=true``, as GitHub Actions, GitLab and our ``.ci/run`` set it)."""
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
-
-def unavailable(reason: str) -> None:
-    """Fail in CI, skip elsewhere: a missing server must never pass silently where it matters."""
-    if in_ci():
-        pytest.fail(f"{reason} (CI=true: test servers are required; run scripts/install-test-deps.sh)",
-                    pytrace=False)
-    pytest.skip(reason)
-
-
-def _start(server: Server, needs: tuple[str, ...]) -> Server:
-    for module in needs:
-        try:
-            __import__(module)
-        except ImportError as e:
-            unavailable(f"{server.name} tests need {module}: {e} (pip install -e '.[s3,gcs]')")
-    try:
-        return server.start()
-    except ServerUnavailable as e:
-        unavailable(f"{server.name} is unavailable: {e}")
-        raise  # unreachable: unavailable() always raises
-
-
 @pytest.fixture(scope="session")
 def s3_moto() -> Iterator[S3Server]:
     """moto's S3 on 127.0.0.1 with bucket ``ckptstore-test``."""
-    server = _start(MotoServer(), ("boto3",))
+    server = start_for_tests(MotoServer(), ("boto3",))
     yield server  # type: ignore[misc]
     server.stop()
 
@@ -68,7 +47,7 @@ def s3_moto() -> Iterator[S3Server]:
 @pytest.fixture(scope="session")
 def s3_seaweed() -> Iterator[S3Server]:
     """SeaweedFS (``weed mini``) on 127.0.0.1 with bucket ``ckptstore-test``."""
-    server = _start(SeaweedServer(), ("boto3",))
+    server = start_for_tests(SeaweedServer(), ("boto3",))
     yield server  # type: ignore[misc]
     server.stop()
 
@@ -76,7 +55,7 @@ def s3_seaweed() -> Iterator[S3Server]:
 @pytest.fixture(scope="session")
 def gcs_fake() -> Iterator[FakeGcsServer]:
     """fake-gcs-server on 127.0.0.1 with bucket ``ckptstore-test``."""
-    server = _start(FakeGcsServer(), ("gcsfs",))
+    server = start_for_tests(FakeGcsServer(), ("gcsfs",))
     yield server  # type: ignore[misc]
     server.stop()
 

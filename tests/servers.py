@@ -370,3 +370,35 @@ class FaultProxy:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+# -- for test suites: the core's and the plugins' ----------------------------------------------------
+
+
+def in_ci() -> bool:
+    """True on CI (``CI=true``, as GitHub Actions, GitLab and our ``.ci/run`` set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def unavailable(reason: str) -> None:
+    """Fail in CI, skip elsewhere: a missing server must never pass silently where it matters."""
+    import pytest
+
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: test servers are required; run scripts/install-test-deps.sh)",
+                    pytrace=False)
+    pytest.skip(reason)
+
+
+def start_for_tests(server: Server, needs: tuple[str, ...] = ()) -> Server:
+    """Start ``server`` for a test session, or fail (CI) / skip (elsewhere) saying what is missing."""
+    for module in needs:
+        try:
+            __import__(module)
+        except ImportError as e:
+            unavailable(f"{server.name} tests need {module}: {e} (pip install -e '.[s3,gcs]')")
+    try:
+        return server.start()
+    except ServerUnavailable as e:
+        unavailable(f"{server.name} is unavailable: {e}")
+        raise  # unreachable: unavailable() always raises

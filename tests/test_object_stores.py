@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import BACKENDS, in_ci, unavailable
-from servers import S3_KEY, FaultProxy, free_port
+from conftest import BACKENDS
+from servers import S3_KEY, FaultProxy, free_port, in_ci, unavailable
 
 from ckptstore.errors import AlreadyExists, NotFound, PreconditionFailed, StorageError
 from ckptstore.storage import Storage, open_storage

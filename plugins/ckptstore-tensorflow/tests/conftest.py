@@ -24,16 +24,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[3]
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
-
-def unavailable(reason: str) -> None:
-    if in_ci():
-        pytest.fail(f"{reason} (CI=true: the S3 test server is required)", pytrace=False)
-    pytest.skip(reason)
-
-
 @dataclass
 class ModelDir:
     """Where a test's checkpoints go: ``url`` plus the backend's ``storage_options``."""
@@ -45,19 +35,10 @@ class ModelDir:
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[Any]:
-    sys.path.insert(0, str(REPO / "tests"))
-    try:
-        from servers import MotoServer, ServerUnavailable  # type: ignore[import-not-found]
-    except ImportError as e:
-        unavailable(f"the repository's tests/servers.py is not importable: {e}")
-    try:
-        import boto3  # noqa: F401
-    except ImportError as e:
-        unavailable(f"S3 tests need boto3: {e}")
-    try:
-        server = MotoServer().start()
-    except ServerUnavailable as e:
-        unavailable(f"moto is unavailable: {e}")
+    sys.path.insert(0, str(REPO / "tests"))  # the repository's own server helpers, not a copy
+    from servers import MotoServer, start_for_tests  # type: ignore[import-not-found]
+
+    server = start_for_tests(MotoServer(), ("boto3",))
     yield server
     server.stop()
 

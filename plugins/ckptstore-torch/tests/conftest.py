@@ -31,16 +31,6 @@ import torch.distributed as dist
 REPO = Path(__file__).resolve().parents[3]
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
-
-def unavailable(reason: str) -> None:
-    if in_ci():
-        pytest.fail(f"{reason} (CI=true: the S3 test server is required)", pytrace=False)
-    pytest.skip(reason)
-
-
 @dataclass
 class ModelDir:
     backend: str
@@ -50,19 +40,10 @@ class ModelDir:
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[Any]:
-    sys.path.insert(0, str(REPO / "tests"))
-    try:
-        from servers import MotoServer, ServerUnavailable  # type: ignore[import-not-found]
-    except ImportError as e:
-        unavailable(f"the repository's tests/servers.py is not importable: {e}")
-    try:
-        import boto3  # noqa: F401
-    except ImportError as e:
-        unavailable(f"S3 tests need boto3: {e}")
-    try:
-        server = MotoServer().start()
-    except ServerUnavailable as e:
-        unavailable(f"moto is unavailable: {e}")
+    sys.path.insert(0, str(REPO / "tests"))  # the repository's own server helpers, not a copy
+    from servers import MotoServer, start_for_tests  # type: ignore[import-not-found]
+
+    server = start_for_tests(MotoServer(), ("boto3",))
     try:
         yield server
     finally:
