@@ -22,7 +22,7 @@ from servers import S3_KEY, FaultProxy, free_port, in_ci, unavailable
 
 from ckptstore.errors import AlreadyExists, NotFound, PreconditionFailed, StorageError
 from ckptstore.storage import Storage, open_storage
-from ckptstore.storage._retry import RetryPolicy
+from ckptstore.storage._retry import RetryPolicy, split_upload
 from ckptstore.testing import StorageContract
 
 MiB = 1024 * 1024
@@ -113,7 +113,7 @@ def test_big_object_goes_up_in_parallel_parts_and_comes_back_in_parallel_ranges(
     part = _SMALL_PARTS[name]
     size = 4 * part + 12345
     blob = _pattern(size)
-    s = _open(request, name, part_size=part, max_concurrency=4)
+    s = _open(request, name, part_size=part, multipart_threshold=0, max_concurrency=4)
     try:
         upload = _Peak(s, "_upload_part" if name != "gcs" else "_upload")
         produced: list[int] = []
@@ -144,14 +144,51 @@ def test_big_object_goes_up_in_parallel_parts_and_comes_back_in_parallel_ranges(
         s.close()
 
 
+def test_split_upload_decides_single_or_parts_on_whole_parts():
+    data = bytes(range(10))
+    body, parts = split_upload(data, 4, 8)
+    assert body is None and parts is not None
+    assert [bytes(p) for p in parts] == [data[:4], data[4:8], data[8:]]
+    body, parts = split_upload((data[i:min(i + 3, 8)] for i in range(0, 8, 3)), 4, 5)  # 5 rounds up to 8
+    assert parts is None and bytes(body) == data[:8]
+    body, parts = split_upload(iter([data[:3], data[3:]]), 4, 0)  # threshold 0: one part at most
+    assert body is None and [bytes(p) for p in parts] == [data[:4], data[4:8], data[8:]]
+    body, parts = split_upload(iter([]), 4, 8)
+    assert parts is None and bytes(body) == b""
+
+
+@pytest.mark.parametrize("name", SERVERS)
+def test_objects_up_to_the_multipart_threshold_go_in_one_request(request, name):
+    """Parts only above ``multipart_threshold`` (rounded up to whole parts): below it they would add
+    requests and server-side reassembly without adding useful concurrency."""
+    part = _SMALL_PARTS[name]
+    s = _open(request, name, part_size=part, multipart_threshold=part + 1, max_concurrency=4)
+    try:
+        single = "_put_single" if name != "gcs" else "_upload"
+        multi = "_upload_part" if name != "gcs" else "_upload"
+        at = _pattern(2 * part)  # threshold part + 1 rounds up to 2 parts: still one request
+        calls = _Peak(s, single)
+        s.put("at", (memoryview(at)[i:i + 1000] for i in range(0, len(at), 1000)))
+        assert calls.calls == 1
+        assert s.get("at") == at
+        over = _pattern(2 * part + 1, 1)
+        calls = _Peak(s, multi)
+        s.put("over", over)
+        assert calls.calls == 3, calls.calls  # two full parts and a one-byte last part
+        assert s.get("over") == over
+        assert sorted(o.key for o in s.list("")) == ["at", "over"]  # no leftover components
+    finally:
+        s.close()
+
+
 @pytest.mark.parametrize("name", SERVERS)
 def test_an_object_replaced_mid_read_fails_instead_of_tearing(request, name):
     """Ranges after the first are conditioned on the first one's version (rule 3: no torn reads)."""
     part = _SMALL_PARTS[name]
-    s = _open(request, name, part_size=part, max_concurrency=2)
+    s = _open(request, name, part_size=part, multipart_threshold=0, max_concurrency=2)
     # Written in one request: fake-gcs-server keeps the old generation number when compose replaces an
     # object, which would hide the replacement from any generation check.
-    writer = open_storage(s.url, **{**_server(request, name).storage_options, "part_size": 16 * MiB})
+    writer = open_storage(s.url, **{**_server(request, name).storage_options, "part_size": 16 * MiB, "multipart_threshold": 0})
     try:
         writer.put("shard", _pattern(3 * part))
         inner = s._read_range
@@ -176,7 +213,7 @@ def test_an_object_replaced_mid_read_fails_instead_of_tearing(request, name):
 def test_generator_input_is_buffered_boundedly(request, name):
     """Small pieces from a generator are glued into parts, but never more than max_concurrency ahead."""
     part = _SMALL_PARTS[name]
-    s = _open(request, name, part_size=part, max_concurrency=2)
+    s = _open(request, name, part_size=part, multipart_threshold=0, max_concurrency=2)
     try:
         upload = _Peak(s, "_upload_part" if name != "gcs" else "_upload")
         chunks = 6 * part // (64 * 1024)
@@ -190,7 +227,7 @@ def test_generator_input_is_buffered_boundedly(request, name):
 
 @pytest.mark.parametrize("name", ["s3-moto", "s3-seaweedfs"])
 def test_multipart_create_is_enforced_on_s3(request, name):
-    with _open(request, name, part_size=5 * MiB) as s:
+    with _open(request, name, part_size=5 * MiB, multipart_threshold=0) as s:
         first = s.put("m", _pattern(11 * MiB), mode="create")
         with pytest.raises(AlreadyExists):
             s.put("m", _pattern(11 * MiB, 1), mode="create")
@@ -204,7 +241,7 @@ def test_multipart_create_is_enforced_on_s3(request, name):
         "If-Match on PutObject); AWS and SeaweedFS enforce it"))),
 ])
 def test_multipart_cas_is_enforced_on_s3(request, name):
-    with _open(request, name, part_size=5 * MiB) as s:
+    with _open(request, name, part_size=5 * MiB, multipart_threshold=0) as s:
         first = s.put("m", _pattern(11 * MiB))
         second = s.put("m", _pattern(11 * MiB, 2), mode=first.version)
         with pytest.raises(PreconditionFailed):
@@ -215,7 +252,7 @@ def test_multipart_cas_is_enforced_on_s3(request, name):
 @pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason="fake-gcs-server ignores ifGenerationMatch on compose, and keeps the old generation number when compose replaces an object (real GCS "
                    "enforces it); ckptstore's commits use single-request uploads, which it does enforce")
 def test_composite_create_is_enforced_on_gcs(request):
-    s = _open(request, "gcs", part_size=256 * 1024)
+    s = _open(request, "gcs", part_size=256 * 1024, multipart_threshold=0)
     try:
         s.put("c", _pattern(MiB), mode="create")
         with pytest.raises(AlreadyExists):
@@ -401,7 +438,7 @@ def test_a_retried_conditional_write_that_had_landed_is_not_reported_lost(reques
     policy = RetryPolicy(deadline=20, max_attempts=6, base_delay=0.01, max_delay=0.1)
     part = _SMALL_PARTS[name]
     with FaultProxy(server.endpoint) as proxy:
-        with _through(proxy, name, server, retry=policy, part_size=part) as s:
+        with _through(proxy, name, server, retry=policy, part_size=part, multipart_threshold=0) as s:
             proxy.faults += ["lost-reply"]
             created = s.put("LATEST", b"step 1", mode="create")
             assert proxy.faults_served == 1 and s.get("LATEST") == b"step 1"

@@ -9,6 +9,7 @@ first attempt. The caller decides what is transient; everything else propagates 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
@@ -123,6 +124,33 @@ def split_parts(data: Buffer | Iterable[Buffer], part_size: int) -> Iterator[mem
                 pending, pending_len = [], 0
     if pending or not emitted:  # an empty input is one empty part
         yield b"".join(pending)
+
+
+def split_upload(
+    data: Buffer | Iterable[Buffer], part_size: int, threshold: int
+) -> tuple[memoryview | bytes | None, Iterator[memoryview | bytes] | None]:
+    """``(body, None)`` for data of at most ``threshold`` bytes, else ``(None, parts of part_size)``.
+
+    One request per object up to the threshold (like s3transfer's ``multipart_threshold``): parts only pay
+    off for objects big enough that one stream is the bottleneck; below that they add requests (S3:
+    create + parts + complete; GCS: components + compose + deletes) and server-side reassembly. The
+    threshold is rounded up to a multiple of ``part_size`` so every part but the last is full size.
+    Buffering stays at most one ``threshold``-sized piece (slices of a single input buffer are views).
+    """
+    span = -(-max(threshold, part_size) // part_size) * part_size
+    pieces = split_parts(data, span)
+    first = next(pieces)
+    second = next(pieces, None)
+    if second is None:
+        return first, None
+
+    def parts() -> Iterator[memoryview | bytes]:
+        for blob in itertools.chain((first, second), pieces):
+            view = as_bytes_view(blob)
+            for lo in range(0, len(view), part_size):
+                yield view[lo : lo + part_size]
+
+    return None, parts()
 
 
 def wait_all(futures: list[Future[Any]]) -> list[Any]:

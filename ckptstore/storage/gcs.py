@@ -10,8 +10,7 @@ is the lost race, whatever the client would have called it), and retries under c
 policy (``ckptstore.storage._retry``). Calls are synchronous and thread-safe: each one blocks the
 calling thread on fsspec's loop, and parallel parts run from this backend's thread pool.
 
-Writes: an object up to ``part_size`` (or up to 1.25 × ``part_size``: one part and a small tail) is one
-multipart-upload request carrying ``ifGenerationMatch`` (``0`` = create-only, a generation =
+Writes: an object up to ``multipart_threshold`` (default 128 MiB) is one multipart-upload request carrying ``ifGenerationMatch`` (``0`` = create-only, a generation =
 compare-and-swap). A larger object is uploaded as parallel
 components under ``<dir>/.tmp-<name>.<random>.part-NNNNN`` and then composed into place by one
 ``compose`` request carrying the same condition (GCS composes at most 32 sources per request, so more
@@ -37,7 +36,6 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 import asyncio  # noqa: E402
 import base64  # noqa: E402
 import concurrent.futures  # noqa: E402
-import itertools  # noqa: E402
 import json  # noqa: E402
 import threading  # noqa: E402
 import uuid  # noqa: E402
@@ -58,7 +56,7 @@ from ckptstore.storage._retry import (  # noqa: E402
     RetryPolicy,
     redact_url,
     retry_call,
-    split_parts,
+    split_upload,
     wait_all,
 )
 from ckptstore.storage.interface import (  # noqa: E402
@@ -74,7 +72,6 @@ from ckptstore.storage.interface import (  # noqa: E402
 
 MiB = 1024 * 1024
 _COMPOSE_MAX = 32  # GCS's limit on sources per compose request
-_SMALL_TAIL = 4  # an object of one part plus at most part_size / this goes up in one request
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _TMP_PREFIX = ".tmp-"
 
@@ -126,8 +123,9 @@ class GCSStorage(StorageBase):
 
     Args:
         url: ``gs://bucket[/prefix]`` (``gcs://`` is accepted as a synonym).
-        part_size: bytes per parallel upload component and per concurrent ranged GET; objects up to this
-            size (or just over it: one part plus a tail of at most a quarter part) go in one request.
+        part_size: bytes per parallel upload component and per concurrent ranged GET.
+        multipart_threshold: objects up to this size go in one upload request; larger ones as parallel
+            components of ``part_size`` composed into place.
         max_concurrency: components (or ranges) of one object in flight at once, and the size of the
             thread pool shared by all calls on this backend.
         retry: how transient failures are retried (see ``RetryPolicy``).
@@ -149,6 +147,7 @@ class GCSStorage(StorageBase):
         url: str,
         *,
         part_size: int = 32 * MiB,
+        multipart_threshold: int = 128 * MiB,
         max_concurrency: int = 8,
         retry: RetryPolicy | None = None,
         connect_timeout: float = 5.0,
@@ -162,11 +161,14 @@ class GCSStorage(StorageBase):
             raise ValueError("part_size must be at least 256 KiB")
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if multipart_threshold < 0:
+            raise ValueError("multipart_threshold must not be negative")
         bucket, _, prefix = rest.strip("/").partition("/")
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = f"gs://{bucket}/{prefix.strip('/')}".rstrip("/")
         self.part_size = part_size
+        self.multipart_threshold = multipart_threshold
         self.max_concurrency = max_concurrency
         self.retry = retry or RetryPolicy()
         self.endpoint_url: str = redact_url(str(storage_options.get("endpoint_url") or ""))
@@ -415,22 +417,13 @@ class GCSStorage(StorageBase):
             condition = {}
         else:
             raise ValueError(f"invalid put mode {mode!r}")
-        parts = split_parts(data, self.part_size)
-        first = next(parts)
-        second = next(parts, None)
-        third = next(parts, None) if second is not None else None
-        if second is not None and third is None and len(second) <= self.part_size // _SMALL_TAIL:
-            # Just over one part (a shard of ckptstore's plan plus its small tensors, typically): one
-            # request with one extra copy of the tail's part beats two components, a compose and two
-            # deletes — 4 more requests, and emulators re-hash the whole object to compose it.
-            first, second = b"".join((first, second)), None
+        body, parts = split_upload(data, self.part_size, self.multipart_threshold)
         try:
-            if second is None:
-                meta = self._upload(key, name, first, condition)
+            if parts is None:
+                assert body is not None
+                meta = self._upload(key, name, body, condition)
             else:
-                if third is not None:
-                    parts = itertools.chain((third,), parts)
-                meta = self._put_composite(key, name, first, second, parts, condition)
+                meta = self._put_composite(key, name, parts, condition)
         except _HttpStatus:  # 412: the condition did not hold
             if mode == "create":
                 raise AlreadyExists(f"{self._where(key)}: already exists (create-only put)") from None
@@ -491,8 +484,8 @@ class GCSStorage(StorageBase):
             return meta
         return None
 
-    def _put_composite(self, key: str, name: str, first: memoryview | bytes, second: memoryview | bytes,
-                       rest: Iterator[memoryview | bytes], condition: dict[str, str]) -> dict[str, Any]:
+    def _put_composite(self, key: str, name: str, parts: Iterator[memoryview | bytes],
+                       condition: dict[str, str]) -> dict[str, Any]:
         directory, _, base = name.rpartition("/")
         stem = f"{directory}/{_TMP_PREFIX}{base}.{uuid.uuid4().hex[:12]}" if directory else \
             f"{_TMP_PREFIX}{base}.{uuid.uuid4().hex[:12]}"
@@ -500,13 +493,8 @@ class GCSStorage(StorageBase):
         futures: list[Future[dict[str, Any]]] = []
         temps: list[str] = []
 
-        def all_parts() -> Iterator[memoryview | bytes]:
-            yield first
-            yield second
-            yield from rest
-
         try:
-            for number, part in enumerate(all_parts()):
+            for number, part in enumerate(parts):
                 # Bounded buffering: at most max_concurrency components in flight per put.
                 while sum(not f.done() for f in futures) >= self.max_concurrency:
                     next(f for f in futures if not f.done()).result()

@@ -44,7 +44,7 @@ from ckptstore.storage._retry import (
     RetryPolicy,
     redact_url,
     retry_call,
-    split_parts,
+    split_upload,
     wait_all,
 )
 from ckptstore.storage.interface import (
@@ -175,8 +175,9 @@ class S3Storage(StorageBase):
 
     Args:
         url: ``s3://bucket[/prefix]`` (``s3a://`` is accepted as a synonym).
-        part_size: bytes per multipart part and per concurrent ranged GET; objects up to this size go in
-            one ``PutObject``.
+        part_size: bytes per multipart part and per concurrent ranged GET.
+        multipart_threshold: objects up to this size go in one ``PutObject``; larger ones as parallel
+            multipart parts (rounded up to a multiple of ``part_size``).
         max_concurrency: parts (or ranges) of one object in flight at once, and the size of the thread
             pool shared by all calls on this backend.
         retry: how transient failures are retried (see ``RetryPolicy``).
@@ -197,6 +198,7 @@ class S3Storage(StorageBase):
         url: str,
         *,
         part_size: int = 16 * MiB,
+        multipart_threshold: int = 128 * MiB,
         max_concurrency: int = 8,
         retry: RetryPolicy | None = None,
         connect_timeout: float = 5.0,
@@ -210,11 +212,14 @@ class S3Storage(StorageBase):
             raise ValueError(f"part_size must be at least {_MIN_PART} bytes (S3's minimum part size)")
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if multipart_threshold < 0:
+            raise ValueError("multipart_threshold must not be negative")
         bucket, _, prefix = rest.strip("/").partition("/")
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")
         self.part_size = part_size
+        self.multipart_threshold = multipart_threshold
         self.max_concurrency = max_concurrency
         self.retry = retry or RetryPolicy()
         self._bucket_checked = False
@@ -510,14 +515,13 @@ class S3Storage(StorageBase):
             condition["IfMatch"] = mode.token
         elif mode != "overwrite":
             raise ValueError(f"invalid put mode {mode!r}")
-        parts = split_parts(data, self.part_size)
-        first = next(parts)
-        second = next(parts, None)
+        body, parts = split_upload(data, self.part_size, self.multipart_threshold)
         try:
-            if second is None:
-                etag, size = self._put_single(key, s3key, first, condition), len(first)
+            if parts is None:
+                assert body is not None
+                etag, size = self._put_single(key, s3key, body, condition), len(body)
             else:
-                etag, size = self._put_multipart(key, s3key, first, second, parts, condition)
+                etag, size = self._put_multipart(key, s3key, parts, condition)
         except botocore.exceptions.ClientError as e:  # a lost condition (code PreconditionFailed)
             if mode == "create":
                 raise AlreadyExists(f"{self._where(key)}: already exists (create-only put)") from None
@@ -569,8 +573,8 @@ class S3Storage(StorageBase):
             condition, lambda: hashlib.md5(view, usedforsecurity=False).hexdigest())
         return str(resp.get("ETag", ""))
 
-    def _put_multipart(self, key: str, s3key: str, first: memoryview | bytes, second: memoryview | bytes,
-                       rest: Iterator[memoryview | bytes], condition: dict[str, str]) -> tuple[str, int]:
+    def _put_multipart(self, key: str, s3key: str, parts: Iterator[memoryview | bytes],
+                       condition: dict[str, str]) -> tuple[str, int]:
         upload = self._call("put (create multipart upload)", key, self._client.create_multipart_upload,
                             Bucket=self.bucket, Key=s3key, **self._extra_put_args, **self._extra_request_args)
         upload_id = upload["UploadId"]
@@ -578,12 +582,7 @@ class S3Storage(StorageBase):
         futures: list[Future[dict[str, Any]]] = []
         size = 0
         try:
-            def all_parts() -> Iterator[memoryview | bytes]:
-                yield first
-                yield second
-                yield from rest
-
-            for number, part in enumerate(all_parts(), start=1):
+            for number, part in enumerate(parts, start=1):
                 if number > _MAX_PARTS:
                     raise StorageError(f"{self._where(key)}: put failed: more than {_MAX_PARTS} parts of "
                                        f"{self.part_size} bytes; raise part_size")
