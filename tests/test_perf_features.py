@@ -433,3 +433,22 @@ def test_staging_pool_reuses_buffers_whatever_the_shard_order() -> None:
     assert sorted(id(b) for b in pool._buffers) == held
     pool.acquire([300_000])
     assert pool.nbytes >= 300_000 and len(pool._buffers) == 1
+
+
+def test_restored_large_arrays_are_page_aligned_writable_and_independent(tmp_path: Path) -> None:
+    """Large destinations are page-aligned (fast copies from page-aligned file offsets), writable, and
+    each owns its memory: freeing or writing one never touches another or the stored checkpoint."""
+    store = CheckpointStore(tmp_path / "ckpt", workers=2)
+    state = {f"w{i}": np.arange(300_000 + i, dtype=np.float32) for i in range(3)}
+    store.save(1, state)
+    got = store.restore(1)
+    for name, arr in got.items():
+        assert arr.ctypes.data % 4096 == 0, name
+        assert arr.flags.writeable and arr.flags.c_contiguous
+        np.testing.assert_array_equal(arr, state[name])
+    got["w0"][:] = -1
+    del got["w1"]
+    np.testing.assert_array_equal(got["w2"], state["w2"])
+    np.testing.assert_array_equal(store.restore(1)["w0"], state["w0"])
+    arr = transfer.empty_aligned((5, 1 << 16), np.dtype(np.float64))
+    assert arr.shape == (5, 1 << 16) and arr.ctypes.data % 4096 == 0 and arr.flags.writeable
