@@ -286,25 +286,57 @@ def _parallel(tasks: Sequence[Callable[[], Any]], workers: int) -> list[Any]:
         return list(pool.map(lambda t: t(), tasks))
 
 
+BASELINES = ("backend", "fsspec")
+# ckptstore backend options that are not fsspec filesystem options (dropped for the fsspec baseline).
+_BACKEND_ONLY_OPTIONS = frozenset(
+    {"part_size", "multipart_threshold", "max_concurrency", "retry", "connect_timeout", "read_timeout"}
+)
+
+
 class RawBaseline:
     """Plain writes of a layout plan's bytes (no padding, no checksums, no manifest) and aligned reads.
 
-    On local disk: ``os.write`` + ``fsync`` per file and one directory fsync. On any other URL: the
-    backend's own ``put``/``read_into``, the calls ckptstore makes, without anything around them.
+    On local disk: ``os.write`` + ``fsync`` per file and one directory fsync. On any other URL, with
+    ``baseline="backend"``: the backend's own ``put``/``read_into``, the calls ckptstore makes, without
+    anything around them (isolates ckptstore's overhead above its backend). With ``baseline="fsspec"``:
+    the plain fsspec client of the URL (s3fs, gcsfs, ...) — ``fs.pipe`` of each file's bytes (prepared
+    before the clock starts, see ``prepare``) and ``fs.cat``, ``workers`` files at a time — what a user
+    would write without ckptstore.
     """
 
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None, baseline: str = "backend"):
+        if baseline not in BASELINES:
+            raise ValueError(f"unknown baseline {baseline!r} (choose from {', '.join(BASELINES)})")
         self.url = url
         scheme, _ = split_scheme(url)
         self.local_root: Path | None = None
         self.storage: Storage | None = None
+        self.fs: Any = None
+        self._blobs: list[bytes] = []
         if scheme == "file":
             path = url[len("file://"):] if url.startswith("file://") else url
             self.local_root = Path(path)
             self.local_root.mkdir(parents=True, exist_ok=True)
+        elif baseline == "fsspec":
+            import fsspec
+
+            options = {k: v for k, v in dict(storage_options or {}).items() if k not in _BACKEND_ONLY_OPTIONS}
+            self.fs, self._root = fsspec.core.url_to_fs(url, skip_instance_cache=True, **options)
+            self._root = self._root.rstrip("/")
         else:
             self.storage = open_storage(url, **dict(storage_options or {}))
         self.sizes: list[int] = []
+
+    def _fs_path(self, index: int) -> str:
+        return f"{self._root}/file-{index:05d}.bin"
+
+    def prepare(self, arrays: Mapping[str, np.ndarray], plan: LayoutPlan) -> None:
+        """Untimed set-up: the fsspec baseline's file contents as bytes (``fs.pipe`` takes bytes)."""
+        if self.fs is None:
+            return
+        views = {name: byte_view(a) for name, a in arrays.items()}
+        self._blobs = [b"".join(views[pc.name][pc.start : pc.start + pc.nbytes] for pc in shard)
+                       for shard in plan.shards]
 
     def save(self, arrays: Mapping[str, np.ndarray], plan: LayoutPlan, workers: int) -> None:
         views = {name: byte_view(a) for name, a in arrays.items()}
@@ -313,6 +345,12 @@ class RawBaseline:
         def pieces(index: int) -> Iterable[memoryview]:
             for pc in plan.shards[index]:
                 yield views[pc.name][pc.start : pc.start + pc.nbytes]
+
+        if self.fs is not None:
+            if len(self._blobs) != len(plan.shards):
+                self.prepare(arrays, plan)
+            self.fs.pipe({self._fs_path(i): blob for i, blob in enumerate(self._blobs)}, batch_size=workers)
+            return
 
         def write(index: int) -> None:
             if self.storage is not None:
@@ -336,7 +374,12 @@ class RawBaseline:
             finally:
                 os.close(fd)
 
-    def restore(self, workers: int) -> list[np.ndarray]:
+    def restore(self, workers: int) -> list[Any]:
+        if self.fs is not None:
+            paths = [self._fs_path(i) for i in range(len(self.sizes))]
+            got = self.fs.cat(paths, batch_size=workers)
+            return [got[p] for p in paths]
+
         def read(index: int) -> np.ndarray:
             buf = empty_aligned((self.sizes[index],), np.dtype(np.uint8))
             view = memoryview(buf)
@@ -359,6 +402,7 @@ class RawBaseline:
         return _parallel([lambda i=i: read(i) for i in range(len(self.sizes))], workers)
 
     def close(self) -> None:
+        self._blobs = []
         if self.storage is not None:
             self.storage.close()
 
@@ -385,6 +429,8 @@ class BenchConfig:
         storage_options: backend options (endpoint_url, key, secret ...).
         keep: leave the written files in place afterwards.
         seed: seed of the synthetic model.
+        baseline: what "raw" is on a non-local URL: ``backend`` (ckptstore's own backend calls, no
+            checksums/manifest/commit) or ``fsspec`` (the URL's plain fsspec client: s3fs, gcsfs ...).
     """
 
     url: str | None = None
@@ -399,8 +445,11 @@ class BenchConfig:
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     keep: bool = False
     seed: int = 0
+    baseline: str = "backend"
 
     def __post_init__(self) -> None:
+        if self.baseline not in BASELINES:
+            raise ValueError(f"unknown baseline {self.baseline!r} (choose from {', '.join(BASELINES)})")
         if self.repeat < 1:
             raise ValueError(f"repeat must be at least 1, got {self.repeat}")
         if self.total_bytes < 4:
@@ -628,10 +677,11 @@ def _repetition(
     options = dict(config.storage_options)
     store = CheckpointStore(_join(rep_url, "ckptstore"), storage_options=options,
                             max_shard_size=config.max_shard_size, workers=config.workers)
-    raw = RawBaseline(_join(rep_url, "raw"), options)
+    raw = RawBaseline(_join(rep_url, "raw"), options, config.baseline)
     try:
         workers = store.workers
         plan = store_plan(store, model)
+        raw.prepare(model, plan)
         actions: dict[str, dict[str, Callable[[], Any]]] = {
             "save": {"ckptstore": lambda: store.save(0, model), "raw": lambda: raw.save(model, plan, workers)},
             "restore": {"ckptstore": lambda: store.restore(0, verify=config.verify),
@@ -775,8 +825,7 @@ def format_report(result: BenchResult) -> str:
     lines += [
         "",
         "ckptstore/raw is the throughput ratio of the medians (1.00× = as fast as plain I/O of the same bytes).",
-        "raw = plain writes" + (" + fsync" if split_scheme(result.url)[0] == "file" else " via the backend's put")
-        + " / reads into page-aligned buffers, same files, same concurrency; no checksums, no manifest.",
+        _raw_description(result),
     ]
     if "save_blocked" in result.series:
         lines.append("background save: how long save(blocking=False) holds the caller once its staging memory "
@@ -786,6 +835,16 @@ def format_report(result: BenchResult) -> str:
     if result.kept:
         lines.append(f"files kept under {result.url}")
     return "\n".join(lines)
+
+
+def _raw_description(result: BenchResult) -> str:
+    if split_scheme(result.url)[0] == "file":
+        how = "plain writes + fsync / reads into page-aligned buffers"
+    elif result.config.baseline == "fsspec":
+        how = "the plain fsspec client: fs.pipe of prepared bytes / fs.cat"
+    else:
+        how = "the backend's own put / read_into into page-aligned buffers"
+    return f"raw = {how}, same files, same concurrency; no checksums, no manifest."
 
 
 def plot(result: BenchResult, path: str | os.PathLike[str]) -> None:

@@ -187,6 +187,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         storage_options=_options(args, args.url or ""),
         keep=args.keep,
         seed=args.seed,
+        baseline=args.baseline,
     )
     note = sys.stderr if args.json else sys.stdout
     bars: list[_Bar] = []
@@ -758,6 +759,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how to drop the page cache before cold restores: auto (posix_fadvise), fadvise, "
                         "drop-caches (root; affects the whole machine), off")
     p.add_argument("--no-verify", action="store_true", help="restore without checking crc32c")
+    p.add_argument("--baseline", choices=bench.BASELINES, default="backend",
+                   help="raw baseline on a non-local URL: backend (ckptstore's own backend calls without "
+                        "checksums or commit; default) or fsspec (the plain s3fs/gcsfs/... client)")
     p.add_argument("--json", action="store_true", help="print a JSON document instead of the table")
     p.add_argument("--plot", metavar="FILE.png", help="also draw a chart (needs pip install 'ckptstore[plot]')")
     p.add_argument("--keep", action="store_true", help="keep the written files")

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from ckptstore import CheckpointStore
+from ckptstore.storage import open_storage
 
 COMMANDS = ["bench", "ls", "show", "verify", "diff", "cp", "pin", "unpin", "prune", "gc"]
 
@@ -332,6 +333,27 @@ def test_s3_round_trip(saved: Path, tmp_path: Path, s3_moto: Any) -> None:
     doc = json.loads(bench.stdout)
     assert doc["not_measured"] == ["restore_cold"] and doc["cold_cache"]["method"] is None
     assert s3_moto.storage_options["secret"] not in bench.stdout  # option names only, never credentials
+
+
+@pytest.mark.parametrize("server_fixture", ["s3_moto", "gcs_fake"])
+def test_bench_against_the_plain_fsspec_client(request: pytest.FixtureRequest, server_fixture: str) -> None:
+    """``--baseline fsspec``: raw = s3fs/gcsfs ``pipe``/``cat`` of the same bytes (issue 3's comparison)."""
+    server = request.getfixturevalue(server_fixture)
+    scheme = "s3" if server_fixture.startswith("s3") else "gs"
+    url = f"{scheme}://{server.bucket}/bench-fsspec-{os.getpid()}-{server_fixture}"
+    opts = [f"--option={k}={v}" for k, v in server.storage_options.items()]
+    r = cli("bench", url, "--size", "3MiB", "--tensors", "3", "--repeat", "1", "--baseline", "fsspec",
+            "--keep", "--json", *opts)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["config"]["baseline"] == "fsspec"
+    for op in ("save", "restore_warm"):
+        assert doc["results"][op]["raw"]["median_s"] > 0
+    with open_storage(doc["url"], **server.storage_options) as kept:  # what the fsspec client wrote
+        raw_files = sorted(o.key for o in kept.list("r0/raw/"))
+    assert raw_files == [f"r0/raw/file-{i:05d}.bin" for i in range(doc["model"]["shards"])], raw_files
+    human = cli("bench", url, "--size", "1MiB", "--repeat", "1", "--baseline", "fsspec", *opts)
+    assert human.returncode == 0 and "plain fsspec client" in human.stdout, human.stderr
 
 
 # ---------------------------------------------------------------------------------------------
