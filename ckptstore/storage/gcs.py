@@ -358,9 +358,11 @@ class GCSStorage(StorageBase):
                 holder["generation"] = r.headers.get("x-goog-generation")
                 total = _content_range_total(r.headers.get("Content-Range"))
                 done = 0
-                async for chunk in r.content.iter_chunked(4 * MiB):
+                # Each buffer as the socket delivered it, copied once into place (iter_chunked would
+                # first join buffers into chunks of its size: one more copy of every byte).
+                async for chunk in r.content.iter_any():
                     n = min(len(chunk), len(view) - done)
-                    view[done:done + n] = chunk[:n]
+                    view[done:done + n] = memoryview(chunk)[:n]
                     done += n
                     if done >= len(view):
                         break
