@@ -272,8 +272,8 @@ def report(targets: list[Target], nbytes: int, sizes: list[int], workers: int, r
         f"({describe_sizes(sizes)}); {workers} workers for both implementations; {repeat} repetitions, "
         "interleaved (order of ckptstore/raw and of the servers alternates per repetition).",
         "",
-        "| server | direction | ckptstore MB/s (min–max) | raw MB/s (min–max) | ckptstore/raw | ≥ 0.9× |",
-        "|---|---|---|---|---|---|",
+        "| server | direction | ckptstore MB/s (min–max) | raw MB/s (min–max) | ckptstore/raw | ratio of medians | ≥ 0.9× |",
+        "|---|---|---|---|---|---|---|",
     ]
     for t in targets:
         for d in DIRECTIONS:
@@ -282,8 +282,12 @@ def report(targets: list[Target], nbytes: int, sizes: list[int], workers: int, r
                 s = t.series[d][impl]
                 cells.append(f"{mbps(nbytes, statistics.median(s)):.0f} "
                              f"({mbps(nbytes, max(s)):.0f}–{mbps(nbytes, min(s)):.0f})")
-            ratio = statistics.median(t.series[d]["raw"]) / statistics.median(t.series[d]["ckptstore"])
-            lines.append(f"| {t.label} | {d} | {cells[0]} | {cells[1]} | {ratio:.2f}× | "
+            # The verdict: the median of per-repetition ratios (each pair ran back to back, so a slow
+            # moment of the shared machine hits both sides of a pair, not one side of the medians).
+            ratio = statistics.median(r / c for c, r in zip(t.series[d]["ckptstore"], t.series[d]["raw"],
+                                                             strict=True))
+            of_medians = statistics.median(t.series[d]["raw"]) / statistics.median(t.series[d]["ckptstore"])
+            lines.append(f"| {t.label} | {d} | {cells[0]} | {cells[1]} | {ratio:.2f}× | {of_medians:.2f}× | "
                          f"{'yes' if ratio >= TARGET else '**no**'} |")
     lines += [
         "",
@@ -306,7 +310,7 @@ def report(targets: list[Target], nbytes: int, sizes: list[int], workers: int, r
                          f"{totals[1] / totals[0]:.2f}× |" if totals[0] > 0 else "| n/a |")
     lines += [
         "",
-        "ckptstore/raw = raw median seconds / ckptstore median seconds (1.00× = as fast as the raw client).",
+        "ckptstore/raw = the median over repetitions of raw seconds / ckptstore seconds, each pair measured back to back (1.00× = as fast as the raw client); the ratio of the medians is shown next to it.",
         "",
         "- **ckptstore save** = `CheckpointStore(url, workers=W).save(0, model)`: shards, crc32c per chunk, "
         "manifest put create-only (S3 `If-None-Match: *`, GCS `ifGenerationMatch=0`), LATEST by "
