@@ -19,11 +19,13 @@ Why these choices:
 from __future__ import annotations
 
 import gc
+import itertools
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import crc32c as _crc32c
@@ -34,8 +36,11 @@ from ckptstore.errors import FormatError
 
 FORMAT_NAME = "ckptstore"
 LATEST_NAME = "ckptstore-latest"
-FORMAT_MAJOR = 1
+FORMAT_MAJOR = 2  # what writers write; readers also read READ_MAJORS
 FORMAT_MINOR = 0
+READ_MAJORS = (1, 2)
+LATEST_MAJOR = 1  # the LATEST pointer did not change with manifest 2.0
+LATEST_MINOR = 0
 ALIGN = 4096
 DEFAULT_CHUNK_SIZE = 64 << 20
 DEFAULT_MAX_SHARD_SIZE = 1 << 30
@@ -150,9 +155,186 @@ class TensorEntry:
         return sum(c.nbytes for c in self.chunks)
 
 
+# One chunk of a 2.0 manifest's "chunks" column: shard index, offset, nbytes, crc32c; packed, little-endian.
+CHUNK_RECORD = np.dtype([("shard", "<u4"), ("offset", "<u8"), ("nbytes", "<u8"), ("crc32c", "<u4")])
+assert CHUNK_RECORD.itemsize == 24
+
+
+class TensorTable(Mapping[str, TensorEntry]):
+    """The tensors of a manifest as columns: a read-only ``Mapping[str, TensorEntry]``.
+
+    A 2.0 manifest stores its tensors column by column (see the README), so decoding one validates a
+    handful of arrays instead of building two objects per tensor, and a save encodes the columns it
+    already has. ``len``, iteration and ``in`` are cheap; ``table[name]`` builds that ``TensorEntry``
+    (and its ``Chunk``s) on demand. Equality is ``Mapping`` equality, so a table equals a plain dict of
+    the same entries. Built unvalidated from a save's columns (``from_columns``), from entries
+    (``from_entries``), or validated from a file by ``decode_manifest``.
+    """
+
+    __slots__ = ("_names", "_index", "_dtypes", "_dtype", "_ndim", "_dims", "_nchunks", "_chunks",
+                 "_shard_names", "_lists")
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        dtypes: Sequence[str],
+        dtype: np.ndarray,
+        ndim: np.ndarray,
+        dims: np.ndarray,
+        nchunks: np.ndarray,
+        chunks: np.ndarray,
+        shard_names: Sequence[str],
+        index: dict[str, int] | None = None,
+    ):
+        self._names = list(names)  # tensor names, in order
+        self._index = index  # name -> position, built on first lookup
+        self._dtypes = tuple(dtypes)  # the distinct dtype names ``dtype`` indexes
+        self._dtype = dtype  # uint8 per tensor: index into _dtypes
+        self._ndim = ndim  # uint8 per tensor
+        self._dims = dims  # <u8: every tensor's shape, concatenated
+        self._nchunks = nchunks  # <u4 per tensor
+        self._chunks = chunks  # CHUNK_RECORD per chunk, in tensor order; "shard" indexes _shard_names
+        self._shard_names = tuple(shard_names)
+        self._lists: tuple[list[Any], ...] | None = None  # the columns as Python lists, on first lookup
+        for a in (dtype, ndim, dims, nchunks, chunks):
+            a.flags.writeable = False
+
+    @classmethod
+    def from_columns(
+        cls,
+        names: Sequence[str],
+        specs: Sequence[tuple[str, Sequence[int]]],
+        nchunks: np.ndarray,
+        shard: np.ndarray,
+        offset: np.ndarray,
+        nbytes: np.ndarray,
+        crc32c: np.ndarray,
+        shard_names: Sequence[str],
+    ) -> TensorTable:
+        """A table from per-tensor (dtype name, shape) and per-chunk columns in tensor order (a save's)."""
+        dtype_index: dict[str, int] = {}
+        dtype = np.fromiter((dtype_index.setdefault(d, len(dtype_index)) for d, _ in specs), np.uint8, len(specs))
+        ndim = np.fromiter((len(shape) for _, shape in specs), np.uint8, len(specs))
+        dims = np.fromiter(itertools.chain.from_iterable(shape for _, shape in specs), "<u8", int(ndim.sum()))
+        records = np.empty(len(shard), CHUNK_RECORD)
+        records["shard"] = shard
+        records["offset"] = offset
+        records["nbytes"] = nbytes
+        records["crc32c"] = crc32c
+        return cls(names, list(dtype_index), dtype, ndim, dims, np.asarray(nchunks, "<u4"), records, shard_names)
+
+    @classmethod
+    def from_entries(cls, entries: Mapping[str, TensorEntry], shard_names: Sequence[str]) -> TensorTable:
+        """A table holding ``entries`` (a table itself as it is); ``ValueError`` if a chunk names a shard
+        not in ``shard_names``."""
+        if isinstance(entries, TensorTable):
+            return entries  # encoded_columns maps its shard indices to the manifest's shard order
+        position = {name: i for i, name in enumerate(shard_names)}
+        specs = []
+        nchunks = []
+        shard: list[int] = []
+        offset: list[int] = []
+        nbytes: list[int] = []
+        crc: list[int] = []
+        for name, entry in entries.items():
+            specs.append((entry.dtype, entry.shape))
+            nchunks.append(len(entry.chunks))
+            for c in entry.chunks:
+                if c.shard not in position:
+                    raise ValueError(f"tensor {name} has a chunk in shard {c.shard!r}, which the manifest does not list")
+                shard.append(position[c.shard])
+                offset.append(c.offset)
+                nbytes.append(c.nbytes)
+                crc.append(c.crc32c)
+        return cls.from_columns(
+            list(entries), specs, np.array(nchunks, "<u4"), np.array(shard, "<u4"), np.array(offset, "<u8"),
+            np.array(nbytes, "<u8"), np.array(crc, "<u4"), shard_names,
+        )
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._lookup()
+
+    def __getitem__(self, name: str) -> TensorEntry:
+        i = self._lookup()[name]
+        dtype, dim_start, dims, chunk_start, shard, offset, nbytes, crc = self._columns()
+        shard_names = self._shard_names
+        first, stop = chunk_start[i], chunk_start[i + 1]
+        if stop - first == 1:  # the common case, without a loop
+            chunks: tuple[Chunk, ...] = (_frozen(Chunk, {
+                "shard": shard_names[shard[first]], "offset": offset[first], "nbytes": nbytes[first],
+                "crc32c": crc[first],
+            }),)
+        else:
+            chunks = tuple([
+                _frozen(Chunk, {"shard": shard_names[shard[j]], "offset": offset[j], "nbytes": nbytes[j],
+                                "crc32c": crc[j]})
+                for j in range(first, stop)
+            ])
+        return _frozen(TensorEntry, {
+            "dtype": self._dtypes[dtype[i]], "shape": tuple(dims[dim_start[i] : dim_start[i + 1]]), "chunks": chunks,
+        })
+
+    def __repr__(self) -> str:
+        return f"<TensorTable of {len(self._names)} tensors, {len(self._chunks)} chunks>"
+
+    def _lookup(self) -> dict[str, int]:
+        index = self._index
+        if index is None:
+            index = self._index = dict(zip(self._names, range(len(self._names)), strict=True))
+        return index
+
+    def _columns(self) -> tuple[list[Any], ...]:
+        lists = self._lists
+        if lists is None:
+            records = self._chunks
+            lists = self._lists = (
+                self._dtype.tolist(),
+                [0, *np.cumsum(self._ndim, dtype=np.int64).tolist()],
+                self._dims.tolist(),
+                [0, *np.cumsum(self._nchunks, dtype=np.int64).tolist()],
+                records["shard"].tolist(),
+                records["offset"].tolist(),
+                records["nbytes"].tolist(),
+                records["crc32c"].tolist(),
+            )
+        return lists
+
+    def encoded_columns(self, shard_names: Sequence[str]) -> dict[str, Any]:
+        """The 2.0 manifest fields for these tensors, with chunks indexing ``shard_names``."""
+        records = self._chunks
+        if tuple(shard_names) != self._shard_names:
+            position = {name: i for i, name in enumerate(shard_names)}
+            remap = np.array([position.get(name, -1) for name in self._shard_names], np.int64)
+            used = remap[records["shard"]] if len(records) else remap[:0]
+            if (used < 0).any():
+                missing = self._shard_names[int(records["shard"][np.argmax(used < 0)])]
+                raise ValueError(f"a chunk is in shard {missing!r}, which the manifest does not list")
+            records = records.copy()
+            records["shard"] = used
+        return {
+            "names": self._names,
+            "dtypes": list(self._dtypes),
+            "dtype": self._dtype.astype(np.uint8, copy=False).tobytes(),
+            "ndim": self._ndim.astype(np.uint8, copy=False).tobytes(),
+            "dims": self._dims.astype("<u8", copy=False).tobytes(),
+            "nchunks": self._nchunks.astype("<u4", copy=False).tobytes(),
+            "chunks": records.astype(CHUNK_RECORD, copy=False).tobytes(),
+        }
+
+
 @dataclass(frozen=True)
 class Manifest:
-    """Everything a restore needs to know about one committed checkpoint."""
+    """Everything a restore needs to know about one committed checkpoint.
+
+    ``tensors`` is any ``Mapping[str, TensorEntry]``: a plain dict, or the ``TensorTable`` a save builds
+    and a 2.0 manifest decodes to. ``major``/``minor`` are the version the manifest was read as.
+    """
 
     step: int
     created: float
@@ -162,6 +344,7 @@ class Manifest:
     scalars: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, Any] = field(default_factory=dict)
     minor: int = FORMAT_MINOR
+    major: int = field(default=FORMAT_MAJOR, compare=False)
 
     @property
     def nbytes(self) -> int:
@@ -205,6 +388,42 @@ class LayoutPlan:
 
     shards: tuple[tuple[PlannedChunk, ...], ...]
     shard_sizes: tuple[int, ...]
+
+    @cached_property
+    def columns(self) -> PlanColumns:
+        """Every chunk in plan order — which is tensor order: ``plan_layout`` places each tensor's chunks
+        one after another, shard after shard — as the columns of a 2.0 manifest (less the checksums).
+        Computed once per plan (a store reuses the plan of a repeated layout)."""
+        flat = [pc for shard in self.shards for pc in shard]
+        names: list[str] = []
+        counts: list[int] = []
+        for pc in flat:
+            if names and names[-1] == pc.name:
+                counts[-1] += 1
+            else:
+                names.append(pc.name)
+                counts.append(1)
+        if len(set(names)) != len(names):
+            raise ValueError("the plan does not keep each tensor's chunks together")
+        n = len(flat)
+        return PlanColumns(
+            names=tuple(names),
+            nchunks=np.array(counts, "<u4"),
+            shard=np.fromiter((pc.shard for pc in flat), "<u4", n),
+            offset=np.fromiter((pc.offset for pc in flat), "<u8", n),
+            nbytes=np.fromiter((pc.nbytes for pc in flat), "<u8", n),
+        )
+
+
+@dataclass(frozen=True)
+class PlanColumns:
+    """A plan's chunks as arrays, in tensor order: ``nchunks`` per tensor, the rest per chunk."""
+
+    names: tuple[str, ...]
+    nchunks: np.ndarray
+    shard: np.ndarray
+    offset: np.ndarray
+    nbytes: np.ndarray
 
 
 def plan_layout(
@@ -264,26 +483,20 @@ def pack(obj: Any, what: str) -> bytes:
 
 
 def encode_manifest(m: Manifest) -> bytes:
-    with _gc_paused():  # 10k tensors are 20k fresh containers: see _gc_paused
-        return _encode_manifest(m)
-
-
-def _encode_manifest(m: Manifest) -> bytes:
+    """The 2.0 encoding of ``m`` (sealed). Its tensors may be a dict of entries or a ``TensorTable``."""
+    shard_names = list(m.shards)
+    try:
+        columns = TensorTable.from_entries(m.tensors, shard_names).encoded_columns(shard_names)
+    except ValueError as e:
+        raise ValueError(f"manifest of step {m.step} cannot be encoded: {e}") from None
     doc = {
         "format": FORMAT_NAME,
-        "version": [FORMAT_MAJOR, m.minor],
+        "version": [FORMAT_MAJOR, m.minor if m.major == FORMAT_MAJOR else FORMAT_MINOR],
         "step": m.step,
         "created": m.created,
         "library": m.library,
-        "shards": dict(m.shards),
-        "tensors": {
-            name: {
-                "dtype": t.dtype,
-                "shape": list(t.shape),
-                "chunks": [[c.shard, c.offset, c.nbytes, c.crc32c] for c in t.chunks],
-            }
-            for name, t in m.tensors.items()
-        },
+        "shards": [[name, size] for name, size in m.shards.items()],
+        **columns,
         "scalars": dict(m.scalars),
         "metadata": dict(m.metadata),
     }
@@ -293,7 +506,7 @@ def _encode_manifest(m: Manifest) -> bytes:
 def encode_latest(p: Latest) -> bytes:
     doc = {
         "format": LATEST_NAME,
-        "version": [FORMAT_MAJOR, FORMAT_MINOR],
+        "version": [LATEST_MAJOR, LATEST_MINOR],
         "step": p.step,
         "manifest": p.manifest,
         "created": p.created,
@@ -318,6 +531,8 @@ def seal(body: bytes) -> bytes:
     head = body[0]
     if 0x80 <= head < 0x8F:
         header, rest = bytes([head + 1]), body[1:]
+    elif head == 0x8F:  # 15 entries + the seal no longer fit a fixmap
+        header, rest = b"\xde\x00\x10", body[1:]
     elif head == 0xDE:
         header, rest = b"\xde" + (int.from_bytes(body[1:3], "big") + 1).to_bytes(2, "big"), body[3:]
     else:
@@ -371,18 +586,19 @@ def _int_in(value: Any, lo: int, hi: int, what: str, where: str) -> int:
     return value
 
 
-def _check_version(doc: Mapping[str, Any], name: str, where: str) -> int:
+def _check_version(doc: Mapping[str, Any], name: str, where: str, majors: tuple[int, ...]) -> tuple[int, int]:
     if doc.get("format") != name:
         raise FormatError(f"{where}: not a {name} document (format={doc.get('format')!r})")
     version = doc.get("version")
     if not (isinstance(version, list) and len(version) == 2 and all(type(v) is int for v in version)):
         raise FormatError(f"{where}: malformed version {version!r}")
-    if version[0] != FORMAT_MAJOR:
+    if version[0] not in majors:
+        readable = " and ".join(map(str, majors))
         raise FormatError(
             f"{where}: format version {version[0]}.{version[1]} is not supported "
-            f"(this ckptstore reads major version {FORMAT_MAJOR}); upgrade ckptstore"
+            f"(this ckptstore reads major version{'s' if len(majors) > 1 else ''} {readable}); upgrade ckptstore"
         )
-    return version[1]
+    return version[0], version[1]
 
 
 def _check_plain(value: Any, where: str, depth: int = 0) -> None:
@@ -500,11 +716,29 @@ def _decode_manifest(data: bytes, where: str) -> Manifest:
     doc = _unpack(data, where, MAX_MANIFEST_BYTES)
     if not isinstance(doc, dict):
         raise FormatError(f"{where}: the manifest is a {type(doc).__name__}, not a map")
-    minor = _check_version(doc, FORMAT_NAME, where)
+    major, minor = _check_version(doc, FORMAT_NAME, where, READ_MAJORS)
     step = _int_in(doc.get("step"), 0, 2**63 - 1, "step", where)
     created = _field(doc, "created", (int, float), where)
     library = _field(doc, "library", str, where)
+    if major == 1:
+        shards, tensors = _decode_tensors_v1(doc, where)
+    else:
+        shards, tensors = _decode_tensors_v2(doc, where)
 
+    scalars = _field(doc, "scalars", dict, where)
+    for name, value in scalars.items():
+        _checked_name(check_tensor_name, name, where)
+        if name in tensors:
+            raise FormatError(f"{where}: {name} is both a tensor and a scalar")
+        if not isinstance(value, (bool, int, float, str)):
+            raise FormatError(f"{where}: scalar {name} has type {type(value).__name__}")
+    metadata = _field(doc, "metadata", dict, where)
+    _check_plain(metadata, f"{where}: metadata")
+    return Manifest(step, float(created), library, shards, tensors, scalars, metadata, minor, major)
+
+
+def _decode_tensors_v1(doc: dict[str, Any], where: str) -> tuple[dict[str, int], dict[str, TensorEntry]]:
+    """Format 1.x: ``shards`` a map, ``tensors`` a map of per-tensor maps (the pre-2.0 reader, unchanged)."""
     raw_shards = _field(doc, "shards", dict, where)
     shards: dict[str, int] = {}
     for name, size in raw_shards.items():
@@ -567,17 +801,202 @@ def _decode_manifest(data: bytes, where: str) -> Manifest:
         for (_a0, a1, an), (b0, _b1, bn) in zip(spans, spans[1:], strict=False):
             if b0 < a1:
                 raise FormatError(f"{where}: tensors {an} and {bn} overlap in shard {shard} at byte {b0}")
+    return shards, tensors
 
-    scalars = _field(doc, "scalars", dict, where)
-    for name, value in scalars.items():
-        _checked_name(check_tensor_name, name, where)
-        if name in tensors:
-            raise FormatError(f"{where}: {name} is both a tensor and a scalar")
-        if not isinstance(value, (bool, int, float, str)):
-            raise FormatError(f"{where}: scalar {name} has type {type(value).__name__}")
-    metadata = _field(doc, "metadata", dict, where)
-    _check_plain(metadata, f"{where}: metadata")
-    return Manifest(step, float(created), library, shards, tensors, scalars, metadata, minor)
+
+# ---------------------------------------------------------------------------------------------
+# Format 2.0: columns, validated with numpy
+# ---------------------------------------------------------------------------------------------
+
+# check_tensor_name's fast path over every name at once: the names joined by NUL (which no valid name
+# contains) must be a NUL-separated list of plain names. A name that fails it (or has a component
+# starting with ".") gets the precise per-name check, which also produces the error.
+_NAMES_RE = re.compile(rf"{_PLAIN_NAME_RE.pattern}(?:\x00{_PLAIN_NAME_RE.pattern})*")
+_MAX_TOTAL_BYTES = 2**63 - 1  # a 2.0 manifest's shards, together (LATEST's nbytes is an int64 too)
+_MAX_PRODUCT = float(2**62)  # byte counts below this, estimated in float64, are exact in uint64
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _first(mask: np.ndarray) -> int | None:
+    """The index of the first True in ``mask``, or None."""
+    return int(np.argmax(mask)) if mask.any() else None
+
+
+def _owner(starts: np.ndarray, j: int) -> int:
+    """The tensor whose run (``starts[i]`` to ``starts[i + 1]``, one start per tensor) holds item ``j``."""
+    return int(np.searchsorted(starts, j, side="right")) - 1
+
+
+def _check_names(names: list[Any], where: str) -> None:
+    try:
+        joined = "\x00".join(names)
+    except TypeError:  # a name that is not a string: the per-name check says which
+        joined = None
+    if joined is not None and (not names or (
+        _NAMES_RE.fullmatch(joined) is not None and max(map(len, names)) <= MAX_NAME_LEN
+    )):
+        return
+    for name in names:
+        if type(name) is not str or len(name) > MAX_NAME_LEN or _PLAIN_NAME_RE.fullmatch(name) is None:
+            _checked_name(check_tensor_name, name, where)
+
+
+def _column(doc: Mapping[str, Any], key: str, dtype: Any, count: int, what: str, where: str) -> np.ndarray:
+    """A bin field as a read-only array of exactly ``count`` items (checked before anything is allocated)."""
+    raw = _field(doc, key, bytes, where)
+    itemsize = np.dtype(dtype).itemsize
+    if len(raw) != count * itemsize:
+        raise FormatError(f"{where}: field {key!r} holds {len(raw)} bytes, expected {count * itemsize} ({what})")
+    return np.frombuffer(raw, dtype)
+
+
+def _decode_tensors_v2(doc: dict[str, Any], where: str) -> tuple[dict[str, int], TensorTable]:
+    """Format 2.x: validate the tensor columns with array operations, as strictly as the 1.x reader.
+
+    Every count is checked against the byte length of the column that holds it before an array is
+    made, so memory stays within a small multiple of the manifest's size whatever the counts claim.
+    """
+    raw_shards = _field(doc, "shards", list, where)
+    shards: dict[str, int] = {}
+    for i, raw in enumerate(raw_shards):
+        if type(raw) is not list or len(raw) != 2:
+            raise FormatError(f"{where}: shard entry #{i} {_short(raw)} is not [name, size]")
+        name, size = raw
+        _checked_name(check_shard_name, name, where)
+        if name in shards:
+            raise FormatError(f"{where}: shard {name} is listed twice")
+        shards[name] = _int_in(size, 0, MAX_SHARD_BYTES, f"size of shard {name}", where)
+    total = sum(shards.values())
+    if total > _MAX_TOTAL_BYTES:
+        raise FormatError(f"{where}: the shards hold {total} bytes together (at most {_MAX_TOTAL_BYTES})")
+    shard_names = tuple(shards)
+
+    names = _field(doc, "names", list, where)
+    _check_names(names, where)
+    count = len(names)
+    index = dict(zip(names, range(count), strict=True))
+    if len(index) != count:
+        seen: set[str] = set()
+        duplicate = next(n for n in names if n in seen or seen.add(n))  # type: ignore[func-returns-value]
+        raise FormatError(f"{where}: tensor {duplicate} is listed twice")
+
+    dtypes = _field(doc, "dtypes", list, where)
+    for d in dtypes:
+        if type(d) is not str or d not in DTYPE_NAMES:
+            raise FormatError(f"{where}: unknown dtype {_short(d)} in field 'dtypes'")
+    if len(set(dtypes)) != len(dtypes):
+        raise FormatError(f"{where}: field 'dtypes' lists a dtype twice")
+
+    dtype = _column(doc, "dtype", np.uint8, count, "one uint8 per tensor", where)
+    ndim = _column(doc, "ndim", np.uint8, count, "one uint8 per tensor", where)
+    nchunks = _column(doc, "nchunks", "<u4", count, "one uint32 per tensor", where)
+    num_dims = int(ndim.sum(dtype=np.int64))
+    dims = _column(doc, "dims", "<u8", num_dims, f"one uint64 per dimension; ndim adds up to {num_dims}", where)
+    num_chunks = int(nchunks.sum(dtype=np.int64))
+    records = _column(doc, "chunks", CHUNK_RECORD, num_chunks,
+                      f"{CHUNK_RECORD.itemsize} bytes per chunk; nchunks adds up to {num_chunks}", where)
+
+    def tensor(i: int) -> str:
+        return f"{where}: tensor {names[i]}"
+
+    i = _first(dtype >= len(dtypes))
+    if i is not None:
+        raise FormatError(f"{tensor(i)}: dtype index {dtype[i]} is out of range (field 'dtypes' lists {len(dtypes)})")
+    i = _first(ndim > MAX_NDIM)
+    if i is not None:
+        raise FormatError(f"{tensor(i)}: {ndim[i]} dimensions (at most {MAX_NDIM})")
+    dim_start = np.zeros(count + 1, np.int64)
+    np.cumsum(ndim, out=dim_start[1:])
+    j = _first(dims > _MAX_DIM)
+    if j is not None:
+        raise FormatError(f"{tensor(_owner(dim_start[:-1], j))}: dimension {dims[j]} is not an integer in [0, {_MAX_DIM}]")
+
+    # Chunks, each on its own: in a listed shard, page-aligned, inside the shard.
+    chunk_start = np.zeros(count + 1, np.int64)
+    np.cumsum(nchunks, out=chunk_start[1:])
+
+    def chunk_owner(j: int) -> str:
+        return tensor(_owner(chunk_start[:-1], j))
+
+    shard = records["shard"]
+    offset = records["offset"]
+    nbytes = records["nbytes"]
+    j = _first(shard >= len(shard_names))
+    if j is not None:
+        raise FormatError(
+            f"{chunk_owner(j)}: chunk names shard #{shard[j]}, but the manifest lists {len(shard_names)} shard(s)"
+        )
+    j = _first(offset > MAX_SHARD_BYTES)
+    if j is not None:
+        raise FormatError(f"{chunk_owner(j)}: chunk offset {offset[j]} is not an integer in [0, {MAX_SHARD_BYTES}]")
+    j = _first(nbytes > MAX_SHARD_BYTES)
+    if j is not None:
+        raise FormatError(f"{chunk_owner(j)}: chunk size {nbytes[j]} is not an integer in [0, {MAX_SHARD_BYTES}]")
+    j = _first(offset % ALIGN != 0)
+    if j is not None:
+        raise FormatError(f"{chunk_owner(j)}: chunk offset {offset[j]} is not {ALIGN}-byte aligned")
+    end = offset + nbytes  # both at most 2**48: no overflow
+    sizes = np.array(list(shards.values()), np.uint64)
+    j = _first(end > sizes[shard]) if num_chunks else None
+    if j is not None:
+        name = shard_names[shard[j]]
+        raise FormatError(
+            f"{chunk_owner(j)}: chunk [{offset[j]}, {end[j]}) lies outside shard {name} ({shards[name]} bytes)"
+        )
+
+    # No two chunks overlap within a shard. A save writes them in (shard, offset) order, which one pass
+    # confirms; otherwise sort by (shard, offset, end), so a zero-length chunk sorts before a chunk
+    # starting at the same byte and only a chunk starting inside another counts (as in 1.x).
+    if num_chunks > 1 and not (
+        (shard[1:] > shard[:-1]) | ((shard[1:] == shard[:-1]) & (offset[1:] >= end[:-1]))
+    ).all():
+        order = np.lexsort((end, offset, shard))
+        s_shard, s_offset, s_end = shard[order], offset[order], end[order]
+        k = _first((s_shard[1:] == s_shard[:-1]) & (s_offset[1:] < s_end[:-1]))
+        if k is not None:
+            a, b = int(order[k]), int(order[k + 1])
+            raise FormatError(
+                f"{where}: tensors {names[_owner(chunk_start[:-1], a)]} and {names[_owner(chunk_start[:-1], b)]} "
+                f"overlap in shard {shard_names[s_shard[k]]} at byte {s_offset[k + 1]}"
+            )
+
+    # Each tensor's chunks hold exactly prod(shape) * itemsize bytes. Chunks lie inside shards without
+    # overlapping and the shards hold < 2**63 bytes together, so the cumulative sum cannot overflow.
+    held_cum = np.zeros(num_chunks + 1, np.uint64)
+    np.cumsum(nbytes, out=held_cum[1:])
+    held = held_cum[chunk_start[1:]] - held_cum[chunk_start[:-1]]
+    itemsize = np.array([ITEMSIZE[d] for d in dtypes], np.uint64)[dtype] if dtypes else np.zeros(count, np.uint64)
+    # The product of each shape's dims: exact modulo 2**64 in uint64, estimated in float64 to tell when
+    # it wrapped. reduceat over the tensors that have dimensions only (it mishandles empty runs); a
+    # 0-d tensor has one element.
+    exact = np.ones(count, np.uint64)
+    approx = np.ones(count, np.float64)
+    zero = np.zeros(count, bool)
+    has_dims = ndim > 0
+    with np.errstate(all="ignore"):  # wrapping is expected (and detected); inf * 0 is nan, caught below
+        if num_dims:
+            starts = dim_start[:-1][has_dims]
+            exact[has_dims] = np.multiply.reduceat(dims, starts)
+            approx[has_dims] = np.multiply.reduceat(dims.astype(np.float64), starts)
+            zero[has_dims] = np.logical_or.reduceat(dims == 0, starts)
+        needed = exact * itemsize  # exact where a dimension is 0 or the estimate is well below 2**63
+        small = zero | (approx * itemsize < _MAX_PRODUCT)
+    # Check the rest, in order, with Python's exact integers. One of them that is right holds >= 2**62
+    # bytes (less float error) of the shards' < 2**63, so at most two are: three are enough to find
+    # an error if there is one.
+    for i in np.flatnonzero(~small | (held != needed))[:3].tolist():
+        shape = dims[dim_start[i] : dim_start[i + 1]].tolist()
+        expected = math.prod(shape) * ITEMSIZE[dtypes[dtype[i]]]
+        if int(held[i]) != expected:
+            raise FormatError(
+                f"{tensor(i)}: chunks hold {held[i]} bytes but shape {shape} of {dtypes[dtype[i]]} needs {expected}"
+            )
+    table = TensorTable(names, dtypes, dtype, ndim, dims, nchunks, records, shard_names, index)
+    return shards, table
 
 
 def decode_latest(data: bytes, where: str) -> Latest:
@@ -585,7 +1004,7 @@ def decode_latest(data: bytes, where: str) -> Latest:
     doc = _unpack(data, where, MAX_LATEST_BYTES)
     if not isinstance(doc, dict):
         raise FormatError(f"{where}: LATEST is a {type(doc).__name__}, not a map")
-    _check_version(doc, LATEST_NAME, where)
+    _check_version(doc, LATEST_NAME, where, (LATEST_MAJOR,))
     step = _int_in(doc.get("step"), 0, 2**63 - 1, "step", where)
     manifest = _field(doc, "manifest", str, where)
     if manifest != manifest_key(step):

@@ -759,10 +759,7 @@ class CheckpointStore:
                     created=self._clock(),
                     library=__version__,
                     shards=written.shard_sizes,
-                    tensors={
-                        name: TensorEntry(dtype, shape, written.chunks[name])
-                        for name, (dtype, shape) in specs.items()
-                    },
+                    tensors=written.tensor_table(specs),  # columns: no per-tensor objects
                     scalars=scalars,
                     metadata=metadata,
                 )

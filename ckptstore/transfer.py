@@ -20,6 +20,7 @@ files (padding included), so the background write is a few large sequential writ
 
 from __future__ import annotations
 
+import itertools
 import math
 import mmap
 import os
@@ -32,7 +33,16 @@ import crc32c as _crc32c
 import numpy as np
 
 from ckptstore.errors import ChecksumError, FormatError, NotFound, Unsupported
-from ckptstore.format import ALIGN, Chunk, LayoutPlan, Manifest, PlannedChunk, TensorEntry, dtype_from_name
+from ckptstore.format import (
+    ALIGN,
+    Chunk,
+    LayoutPlan,
+    Manifest,
+    PlannedChunk,
+    TensorEntry,
+    TensorTable,
+    dtype_from_name,
+)
 from ckptstore.storage.interface import Storage
 
 PIECE = 8 << 20  # checksum/write granularity: big enough for few calls, small enough to stay in cache
@@ -99,8 +109,37 @@ def run_parallel(tasks: Sequence[Callable[[], T]], workers: int) -> list[T]:
 
 @dataclass(frozen=True)
 class WrittenShards:
-    chunks: Mapping[str, tuple[Chunk, ...]]  # tensor name -> chunks in tensor order
+    """What ``write_shards`` wrote: the plan's chunks (in tensor order) with their checksums, and the shards."""
+
+    plan: LayoutPlan
+    crc32c: np.ndarray  # uint32 per chunk of ``plan.columns``, in the same order
     shard_sizes: Mapping[str, int]  # shard name (relative to the step directory) -> bytes
+
+    def tensor_table(self, specs: Mapping[str, tuple[str, tuple[int, ...]]]) -> TensorTable:
+        """The manifest's tensors, built from columns (no per-tensor objects): ``specs`` maps each
+        written tensor to its (dtype name, shape)."""
+        columns = self.plan.columns
+        if len(specs) != len(columns.names):
+            raise ValueError(f"{len(specs)} tensor specs for {len(columns.names)} written tensors")
+        return TensorTable.from_columns(
+            columns.names, [specs[name] for name in columns.names], columns.nchunks, columns.shard,
+            columns.offset, columns.nbytes, self.crc32c, list(self.shard_sizes),
+        )
+
+    @property
+    def chunks(self) -> dict[str, tuple[Chunk, ...]]:
+        """Tensor name -> its chunks in tensor order, as objects (for callers that want them)."""
+        columns = self.plan.columns
+        shard_names = list(self.shard_sizes)
+        flat = iter([
+            Chunk(shard_names[s], o, n, c)
+            for s, o, n, c in zip(columns.shard.tolist(), columns.offset.tolist(), columns.nbytes.tolist(),
+                                  self.crc32c.tolist(), strict=True)
+        ])
+        return {
+            name: tuple(itertools.islice(flat, count))
+            for name, count in zip(columns.names, columns.nchunks.tolist(), strict=True)
+        }
 
 
 def write_shards(
@@ -119,36 +158,36 @@ def write_shards(
     (one buffer per shard, filled by ``stage``), the bytes come from there instead of from ``arrays``.
     """
     views = {name: byte_view(a) for name, a in arrays.items()} if staged is None else {}
-    results: dict[tuple[str, int], Chunk] = {}
+    crcs: list[list[int]] = [[] for _ in plan.shards]  # per shard, one per planned chunk in order
     shard_names = [f"{attempt}/shard-{i:05d}.bin" for i in range(len(plan.shards))]
 
     def write_one(index: int) -> None:
         name = shard_names[index]
-        found: dict[tuple[str, int], Chunk] = {}
+        planned = plan.shards[index]
+        found: list[int] = []
 
         def record(pc: PlannedChunk, crc: int) -> None:
-            found[(pc.name, pc.start)] = Chunk(name, pc.offset, pc.nbytes, crc)
+            if planned[len(found)] is not pc:  # the pieces helpers checksum chunks in plan order
+                raise RuntimeError(f"{name}: chunk of {pc.name} at {pc.start} checksummed out of order")
+            found.append(crc)
 
         if staged is None:
-            pieces = _stream_pieces(plan.shards[index], views, record)
+            pieces = _stream_pieces(planned, views, record)
         else:
-            pieces = _staged_pieces(plan.shards[index], staged[index][: plan.shard_sizes[index]], record)
+            pieces = _staged_pieces(planned, staged[index][: plan.shard_sizes[index]], record)
         info = storage.put(f"{step_prefix}/{name}", pieces)
         if info.size != plan.shard_sizes[index]:
             raise FormatError(
                 f"{storage.url}/{step_prefix}/{name}: stored {info.size} bytes, expected {plan.shard_sizes[index]}"
             )
-        results.update(found)
+        if len(found) != len(planned):
+            raise RuntimeError(f"{name}: {len(found)} of {len(planned)} chunks were checksummed")
+        crcs[index] = found
 
     run_parallel([lambda i=i: write_one(i) for i in range(len(plan.shards))], workers)
-    # plan_layout emits each tensor's chunks in tensor order across shards in order, so this keeps it.
-    names = {pc.name: None for shard in plan.shards for pc in shard} if staged is not None else arrays
-    chunks: dict[str, list[Chunk]] = {name: [] for name in names}
-    for shard in plan.shards:
-        for pc in shard:
-            chunks[pc.name].append(results[(pc.name, pc.start)])
-    ordered = {name: tuple(lst) for name, lst in chunks.items()}
-    return WrittenShards(ordered, dict(zip(shard_names, plan.shard_sizes, strict=False)))
+    # plan.columns lists the chunks shard by shard, which is also tensor order (see LayoutPlan.columns).
+    crc = np.fromiter(itertools.chain.from_iterable(crcs), "<u4", len(plan.columns.shard))
+    return WrittenShards(plan, crc, dict(zip(shard_names, plan.shard_sizes, strict=False)))
 
 
 def _stream_pieces(
