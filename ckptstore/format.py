@@ -808,10 +808,13 @@ def _decode_tensors_v1(doc: dict[str, Any], where: str) -> tuple[dict[str, int],
 # Format 2.0: columns, validated with numpy
 # ---------------------------------------------------------------------------------------------
 
-# check_tensor_name's fast path over every name at once: the names joined by NUL (which no valid name
-# contains) must be a NUL-separated list of plain names. A name that fails it (or has a component
-# starting with ".") gets the precise per-name check, which also produces the error.
-_NAMES_RE = re.compile(rf"{_PLAIN_NAME_RE.pattern}(?:\x00{_PLAIN_NAME_RE.pattern})*")
+# check_tensor_name's fast path over every name at once: join the names with NUL (which no valid name
+# contains) between and around them; then a name is empty, has an empty component, a leading "/", or a
+# component starting with "." exactly where one of these appears (plus: a backslash anywhere). A plain
+# substring search each: no per-name work and no regex backtracking state. A name that fails (or has a
+# component starting with ".", which is allowed) gets the precise per-name check, which also produces
+# the error.
+_NAME_FLAWS = ("\\", "\x00\x00", "\x00/", "/\x00", "//", "\x00.", "/.")
 _MAX_TOTAL_BYTES = 2**63 - 1  # a 2.0 manifest's shards, together (LATEST's nbytes is an int64 too)
 _MAX_PRODUCT = float(2**62)  # byte counts below this, estimated in float64, are exact in uint64
 
@@ -833,11 +836,13 @@ def _owner(starts: np.ndarray, j: int) -> int:
 
 def _check_names(names: list[Any], where: str) -> None:
     try:
-        joined = "\x00".join(names)
+        joined = "\x00" + "\x00".join(names) + "\x00"
     except TypeError:  # a name that is not a string: the per-name check says which
         joined = None
     if joined is not None and (not names or (
-        _NAMES_RE.fullmatch(joined) is not None and max(map(len, names)) <= MAX_NAME_LEN
+        joined.count("\x00") == len(names) + 1  # no NUL inside a name
+        and not any(flaw in joined for flaw in _NAME_FLAWS)
+        and max(map(len, names)) <= MAX_NAME_LEN
     )):
         return
     for name in names:

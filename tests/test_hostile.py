@@ -25,7 +25,15 @@ import pytest
 
 from ckptstore import CheckpointStore, commit
 from ckptstore.errors import CkptStoreError, FormatError, NotFound
-from ckptstore.format import LATEST_KEY, MAX_LATEST_BYTES, MAX_MANIFEST_BYTES, manifest_key, step_dir
+from ckptstore.format import (
+    LATEST_KEY,
+    MAX_LATEST_BYTES,
+    MAX_MANIFEST_BYTES,
+    decode_manifest,
+    encode_manifest,
+    manifest_key,
+    step_dir,
+)
 from ckptstore.storage.local import LocalStorage
 from ckptstore.testing import FaultInjectingStorage
 
@@ -106,9 +114,16 @@ def test_committed_corpus_is_what_make_corpus_generates() -> None:
     assert len(MANIFEST_CASES) >= 60 and len(LATEST_CASES) >= 10
 
 
-def test_base_checkpoint_restores(tmp_path: Path) -> None:
+def test_the_v2_base_is_what_the_writer_writes() -> None:
+    """The 2.0 cases edit exactly what ckptstore writes for the base checkpoint."""
+    v1 = decode_manifest((HOSTILE / "base-manifest.msgpack").read_bytes(), "base")
+    assert encode_manifest(v1) == (HOSTILE / "base-manifest-v2.msgpack").read_bytes()
+
+
+@pytest.mark.parametrize("base", ["base-manifest.msgpack", "base-manifest-v2.msgpack"])
+def test_base_checkpoint_restores(tmp_path: Path, base: str) -> None:
     """The control: without the hostile edit the same harness restores the checkpoint exactly."""
-    _build(tmp_path)
+    _build(tmp_path, manifest=(HOSTILE / base).read_bytes())
     r = Recorded(tmp_path)
     restored = r.store.restore(step=STEP)
     expected = _expected_state()

@@ -1,5 +1,9 @@
-"""Regenerates the golden files that pin format version 1. Run only when the format changes on purpose
-(and bump the version): ``python tests/golden/make_golden.py``."""
+"""Regenerates the golden files that pin the current format (manifest 2.0, LATEST 1.0) and the shard
+layout. Run only when the format changes on purpose (and bump the version):
+``python tests/golden/make_golden.py``.
+
+``manifest-v1.msgpack`` was written by format 1.0 (before 2.0 existed) from this same ``build()``; it is
+kept as it is so readers keep reading 1.x, and is no longer regenerated."""
 
 from __future__ import annotations
 
@@ -48,7 +52,7 @@ def build() -> tuple[Manifest, dict[str, bytes]]:
 
 if __name__ == "__main__":
     manifest, shards = build()
-    (HERE / "manifest-v1.msgpack").write_bytes(encode_manifest(manifest))
+    (HERE / "manifest-v2.msgpack").write_bytes(encode_manifest(manifest))
     (HERE / "LATEST-v1.msgpack").write_bytes(encode_latest(latest_from_manifest(manifest)))
     for name, data in shards.items():
         (HERE / name.replace("/", "__")).write_bytes(data)

@@ -5,7 +5,8 @@ Run ``python tests/hostile/make_corpus.py`` to (re)write ``manifests/*.msgpack``
 tests read the exact bytes a stranger could hand us. Output is deterministic.
 
 Every case is the valid base checkpoint (step 7: one 8192-byte shard holding a float32[1024] "a" and
-an int64[512] "b") with one thing made hostile. ``cases.json`` maps each file to the specific error a
+an int64[512] "b"), written as format 1.0 (cases without a prefix: 1.x manifests are still read) or as
+format 2.0 (cases named ``v2-...``), with one thing made hostile. ``cases.json`` maps each file to the specific error a
 reader must raise (a regular expression matched against the ``FormatError`` message) and says why the
 case matters. The bytes are written by hand where msgpack would refuse to produce them (headers that
 claim billions of elements, ext types, nesting deeper than any packer allows).
@@ -52,6 +53,41 @@ def base_manifest() -> dict[str, Any]:
             "a": {"dtype": "float32", "shape": [1024], "chunks": [[SHARD, 0, 4096, crc32c.crc32c(data[:4096])]]},
             "b": {"dtype": "int64", "shape": [512], "chunks": [[SHARD, 4096, 4096, crc32c.crc32c(data[4096:])]]},
         },
+        "scalars": {"global_step": STEP},
+        "metadata": {"loss": 0.5},
+    }
+
+
+def u64(*values: int) -> bytes:
+    return struct.pack(f"<{len(values)}Q", *values)
+
+
+def u32(*values: int) -> bytes:
+    return struct.pack(f"<{len(values)}I", *values)
+
+
+def record(shard: int, offset: int, nbytes: int, crc: int) -> bytes:
+    """One 24-byte chunk record of a 2.0 manifest."""
+    return struct.pack("<IQQI", shard, offset, nbytes, crc)
+
+
+def base_manifest_v2() -> dict[str, Any]:
+    """The same checkpoint as ``base_manifest``, as format 2.0 writes it."""
+    data = base_shard()
+    return {
+        "format": "ckptstore",
+        "version": [2, 0],
+        "step": STEP,
+        "created": 1_700_000_000.0,
+        "library": "0.1.0",
+        "shards": [[SHARD, SHARD_SIZE]],
+        "names": ["a", "b"],
+        "dtypes": ["float32", "int64"],
+        "dtype": bytes([0, 1]),
+        "ndim": bytes([1, 1]),
+        "dims": u64(1024, 512),
+        "nchunks": u32(1, 1),
+        "chunks": record(0, 0, 4096, crc32c.crc32c(data[:4096])) + record(0, 4096, 4096, crc32c.crc32c(data[4096:])),
         "scalars": {"global_step": STEP},
         "metadata": {"loss": 0.5},
     }
@@ -121,7 +157,7 @@ def sealed(data: bytes) -> bytes:
     """Give every map-shaped case a valid crc32c seal: an attacker can compute one as easily as we can,
     so the validator behind the seal must catch each attack on its own. Other shapes stay as crafted
     (they are refused for lacking the seal)."""
-    if data and (0x80 <= data[0] < 0x8F or data[0] == 0xDE):
+    if data and (0x80 <= data[0] <= 0x8F or data[0] == 0xDE):
         try:
             return seal(data)
         except ValueError:
@@ -320,9 +356,13 @@ def build() -> None:
 
     # -- versions, dtypes, types -------------------------------------------------------------------
     manifest_case(
-        "unknown-major-version", edit(_set(["version"], [2, 0])),
-        rf"{M}: format version 2.0 is not supported \(this ckptstore reads major version 1\); upgrade",
+        "unknown-major-version", edit(_set(["version"], [3, 0])),
+        rf"{M}: format version 3.0 is not supported \(this ckptstore reads major versions 1 and 2\); upgrade",
         "a future format must not be half-read",
+    )
+    manifest_case(
+        "v1-document-claiming-v2", edit(_set(["version"], [2, 0])),
+        rf"{M}: field 'shards' has type dict", "a 1.x document labelled 2.0 is read as 2.0, and refused",
     )
     manifest_case(
         "version-major-zero", edit(_set(["version"], [0, 9])),
@@ -480,6 +520,8 @@ def build() -> None:
         rf"{invalid} \(", "the one byte msgpack never uses",
     )
 
+    build_v2()
+
     # -- LATEST --------------------------------------------------------------------------------------
     L = "LATEST"
     for name, key in {
@@ -529,6 +571,272 @@ def build() -> None:
     latest_case("empty-file", b"", rf"{L}: no crc32c seal at the end", "a torn pointer")
 
 
+def v2(fn: Callable[[dict[str, Any]], Any]) -> bytes:
+    return edit(fn, base_manifest_v2)
+
+
+def _chunk(i: int, **fields: int) -> Callable[[dict[str, Any]], None]:
+    """Change fields of the ``i``-th chunk record."""
+
+    def fn(doc: dict[str, Any]) -> None:
+        records = bytearray(doc["chunks"])
+        shard, offset, nbytes, crc = struct.unpack_from("<IQQI", records, 24 * i)
+        values = {"shard": shard, "offset": offset, "nbytes": nbytes, "crc": crc} | fields
+        struct.pack_into("<IQQI", records, 24 * i, *values.values())
+        doc["chunks"] = bytes(records)
+
+    return fn
+
+
+def _dims_of_a(*dims: int, held: int | None = None) -> Callable[[dict[str, Any]], None]:
+    """Give tensor "a" the shape ``dims`` (and its one chunk ``held`` bytes)."""
+
+    def fn(doc: dict[str, Any]) -> None:
+        doc["ndim"] = bytes([len(dims), 1])
+        doc["dims"] = u64(*dims, 512)
+        if held is not None:
+            _chunk(0, nbytes=held)(doc)
+
+    return fn
+
+
+def build_v2() -> None:
+    """Format 2.0: the columns, their lengths and the arithmetic the vectorised validator does."""
+    # -- column lengths: every count is checked against the bytes that hold it, before allocating --
+    for key, data, error in (
+        ("dtype", bytes([0, 1, 1]), r"field 'dtype' holds 3 bytes, expected 2 \(one uint8 per tensor\)"),
+        ("ndim", bytes([1]), r"field 'ndim' holds 1 bytes, expected 2 \(one uint8 per tensor\)"),
+        ("nchunks", u32(1, 1)[:7], r"field 'nchunks' holds 7 bytes, expected 8 \(one uint32 per tensor\)"),
+        ("dims", u64(1024), r"field 'dims' holds 8 bytes, expected 16 \(one uint64 per dimension; ndim adds up to 2\)"),
+        ("dims", u64(1024, 512) + b"\x00", r"field 'dims' holds 17 bytes, expected 16"),
+        ("chunks", record(0, 0, 4096, 0), r"field 'chunks' holds 24 bytes, expected 48 \(24 bytes per chunk; "
+                                          r"nchunks adds up to 2\)"),
+        ("chunks", record(0, 0, 4096, 0) * 2 + b"\x00" * 23, r"field 'chunks' holds 71 bytes, expected 48"),
+    ):
+        manifest_case(
+            f"v2-{key}-length-{len(data)}", v2(_set([key], data)), rf"{M}: {error}",
+            "a column whose length disagrees with the counts: reading past its end, or items left unchecked",
+        )
+    manifest_case(
+        "v2-nchunks-claims-8g-chunks", v2(_set(["nchunks"], u32(2**32 - 1, 2**32 - 1))),
+        rf"{M}: field 'chunks' holds 48 bytes, expected 206158430160 \(24 bytes per chunk; nchunks adds up to "
+        r"8589934590\)",
+        "8 bytes claiming 8 billion chunks must not allocate for them",
+    )
+    manifest_case(
+        "v2-ndim-claims-255-each", v2(_set(["ndim"], bytes([255, 255]))),
+        rf"{M}: field 'dims' holds 16 bytes, expected 4080 \(one uint64 per dimension; ndim adds up to 510\)",
+        "huge declared dimension counts with a tiny dims column",
+    )
+    manifest_case(
+        "v2-names-shorter-than-columns", v2(_set(["names"], ["a"])),
+        rf"{M}: field 'dtype' holds 2 bytes, expected 1", "one tensor fewer than the columns describe",
+    )
+    for key, value, kind in (("dims", [1024, 512], "list"), ("chunks", "x", "str"), ("names", {"a": 0}, "dict"),
+                             ("shards", {SHARD: SHARD_SIZE}, "dict"), ("dtypes", "float32", "str")):
+        manifest_case(
+            f"v2-{key}-is-a-{kind}", v2(_set([key], value)), rf"{M}: field '{key}' has type {kind}", "wrong type",
+        )
+    manifest_case("v2-chunks-missing", v2(lambda d: d.pop("chunks")), rf"{M}: missing field 'chunks'", "absent")
+    manifest_case(
+        "v2-chunks-bin-claims-4gb", v2(_set(["chunks"], Raw(b"\xc6\xff\xff\xff\xff"))),
+        rf"{M}: not a valid msgpack document \(ValueError: (4294967295 exceeds max_bin_len|Unpack failed: "
+        r"incomplete input)", "a bin header claiming 4 GiB of chunk records",
+    )
+    manifest_case(
+        "v2-names-claim-4g-entries", v2(_set(["names"], Raw(b"\xdd\xff\xff\xff\xff"))),
+        rf"{M}: not a valid msgpack document \(ValueError: 4294967295 exceeds max_array_len",
+        "an array header claiming 4 billion names",
+    )
+
+    # -- dtypes ---------------------------------------------------------------------------------------
+    manifest_case(
+        "v2-dtype-index-out-of-range", v2(_set(["dtype"], bytes([0, 2]))),
+        rf"{M}: tensor b: dtype index 2 is out of range \(field 'dtypes' lists 2\)", "an index past the dtype table",
+    )
+    manifest_case(
+        "v2-dtype-index-255", v2(_set(["dtype"], bytes([255, 1]))),
+        rf"{M}: tensor a: dtype index 255 is out of range", "the largest index a byte can hold",
+    )
+    for dtype in ("object", "float128", "<U8", "O"):
+        manifest_case(
+            f"v2-dtype-{''.join(c if c.isalnum() else '_' for c in dtype)}",
+            v2(_set(["dtypes"], ["float32", dtype])),
+            rf"{M}: unknown dtype '{dtype}' in field 'dtypes'", "dtypes outside the closed set (object needs pickle)",
+        )
+    manifest_case(
+        "v2-dtype-name-not-a-string", v2(_set(["dtypes"], ["float32", 8])),
+        rf"{M}: unknown dtype 8 in field 'dtypes'", "wrong type",
+    )
+    manifest_case(
+        "v2-dtypes-listed-twice", v2(_set(["dtypes"], ["float32", "float32"])),
+        rf"{M}: field 'dtypes' lists a dtype twice", "an ambiguous dtype table",
+    )
+
+    # -- shapes ---------------------------------------------------------------------------------------
+    manifest_case(
+        "v2-ndim-65", v2(_dims_of_a(*[1] * 64, 1024)),
+        rf"{M}: tensor a: 65 dimensions \(at most 64\)", "more dimensions than numpy supports",
+    )
+    manifest_case(
+        "v2-dimension-too-large", v2(_dims_of_a(2**63, 0)),
+        rf"{M}: tensor a: dimension 9223372036854775808 is not an integer in \[0, 4611686018427387904\]",
+        "a dimension numpy cannot represent",
+    )
+    manifest_case(
+        "v2-dimension-of-b-too-large", v2(lambda d: d.__setitem__("dims", u64(1024, 2**64 - 1))),
+        rf"{M}: tensor b: dimension 18446744073709551615 is not an integer in",
+        "the error names the tensor the dimension belongs to",
+    )
+    manifest_case(
+        "v2-shape-product-wraps-to-held",
+        # (2**61 + 512) * 2 elements * 4 bytes = 2**64 + 4096: wraps to exactly the chunk size in uint64.
+        v2(_dims_of_a(2**61 + 512, 2)),
+        rf"{M}: tensor a: chunks hold 4096 bytes but shape \[2305843009213694464, 2\] of float32 needs "
+        r"18446744073709555712",
+        "a shape whose byte size wraps around to the chunk size in 64-bit arithmetic",
+    )
+    manifest_case(
+        "v2-shape-product-wraps-to-zero", v2(_dims_of_a(2**32, 2**30, held=0)),
+        rf"{M}: tensor a: chunks hold 0 bytes but shape \[4294967296, 1073741824\] of float32 needs "
+        r"18446744073709551616",
+        "2**62 elements of 4 bytes wrap to 0 bytes in uint64: an empty chunk for an enormous array",
+    )
+    manifest_case(
+        "v2-shape-product-overflows-float", v2(_dims_of_a(*[2**62] * 20)),
+        rf"{M}: tensor a: chunks hold 4096 bytes but shape \[4611686018427387904, .*\] of float32 needs \d{{370,}}$",
+        "a product beyond float64's range (the overflow estimate is inf, and must still refuse)",
+    )
+    manifest_case(
+        "v2-shape-with-zero-and-huge-dims", v2(_dims_of_a(*[2**62] * 20, 0)),
+        rf"{M}: tensor a: chunks hold 4096 bytes but shape \[4611686018427387904, .*, 0\] of float32 needs 0$",
+        "0 x inf is nan in floats: a zero dimension must still mean 0 bytes",
+    )
+    manifest_case(
+        "v2-chunks-shorter-than-shape", v2(_dims_of_a(1025)),
+        rf"{M}: tensor a: chunks hold 4096 bytes but shape \[1025\] of float32 needs 4100",
+        "a read into an array larger than the bytes that fill it (uninitialised memory returned)",
+    )
+    manifest_case(
+        "v2-0d-tensor-sized-like-its-neighbour",
+        # np.multiply.reduceat returns dims[i] for an empty run: a naive product would say "a" needs
+        # 512 elements (b's first dimension) * 4 = 2048 bytes, which is what its chunk holds.
+        v2(_dims_of_a(held=2048)),
+        rf"{M}: tensor a: chunks hold 2048 bytes but shape \[\] of float32 needs 4$",
+        "a 0-d tensor has one element, not its neighbour's first dimension",
+    )
+    manifest_case(
+        "v2-no-chunks-for-a-tensor",
+        v2(lambda d: d.update(nchunks=u32(0, 1), chunks=d["chunks"][24:])),
+        rf"{M}: tensor a: chunks hold 0 bytes but shape \[1024\] of float32 needs 4096",
+        "a tensor with no bytes at all",
+    )
+
+    # -- chunks ---------------------------------------------------------------------------------------
+    manifest_case(
+        "v2-shard-index-out-of-range", v2(_chunk(1, shard=1)),
+        rf"{M}: tensor b: chunk names shard #1, but the manifest lists 1 shard\(s\)",
+        "a chunk in a shard whose size was never declared (so never checked against the file)",
+    )
+    manifest_case(
+        "v2-shard-index-huge", v2(_chunk(0, shard=2**32 - 1)),
+        rf"{M}: tensor a: chunk names shard #4294967295", "an index far past the shard list",
+    )
+    manifest_case(
+        "v2-offset-misaligned", v2(_chunk(1, offset=4000)),
+        rf"{M}: tensor b: chunk offset 4000 is not 4096-byte aligned",
+        "a misaligned chunk (and an overlap) the layout never produces",
+    )
+    manifest_case(
+        "v2-offset-huge", v2(_chunk(1, offset=2**64 - 4096)),
+        rf"{M}: tensor b: chunk offset 18446744073709547520 is not an integer in \[0, 281474976710656\]",
+        "an offset that wraps around in 64-bit arithmetic",
+    )
+    manifest_case(
+        "v2-nbytes-wraps-end-to-zero", v2(_chunk(1, nbytes=2**64 - 4096)),
+        rf"{M}: tensor b: chunk size 18446744073709547520 is not an integer in \[0, 281474976710656\]",
+        "offset + nbytes = 2**64: an end of 0 in uint64, inside any shard",
+    )
+    manifest_case(
+        "v2-offset-beyond-shard", v2(_chunk(1, offset=8192)),
+        rf"{M}: tensor b: chunk \[8192, 12288\) lies outside shard {SHARD} \(8192 bytes\)",
+        "a read past the end of the declared shard",
+    )
+    manifest_case(
+        "v2-chunks-overlap", v2(_chunk(1, offset=0)),
+        rf"{M}: tensors [ab] and [ab] overlap in shard {SHARD} at byte 0", "two tensors aliasing the same bytes",
+    )
+    manifest_case(
+        "v2-chunks-overlap-out-of-order",
+        # b (second in tensor order) first in the shard and 8 KiB long: it contains a.
+        v2(lambda d: (_chunk(0, offset=4096)(d), _chunk(1, offset=0, nbytes=8192)(d), _set(["dims"], u64(1024, 1024))(d))),
+        rf"{M}: tensors b and a overlap in shard {SHARD} at byte 4096",
+        "overlaps between chunks stored out of shard order (the sorted check, not the in-order pass)",
+    )
+    manifest_case(
+        "v2-chunks-overlap-within-tensor",
+        v2(lambda d: d.update(dims=u64(1024, 1024), nchunks=u32(1, 2), chunks=d["chunks"] + d["chunks"][24:])),
+        rf"{M}: tensors b and b overlap in shard {SHARD} at byte 4096",
+        "one tensor reading the same bytes twice to reach its declared size",
+    )
+    manifest_case(
+        "v2-declares-1tb-tensor-in-4k-shard",
+        v2(lambda d: (d.__setitem__("shards", [[SHARD, 2**40]]), _dims_of_a((2**40 - 8192) // 4, held=2**40 - 8192)(d),
+                      _chunk(0, offset=8192)(d))),
+        rf"{SHARD}: shard is 8192 bytes but the manifest says 1099511627776 \(truncated, extended or replaced\)",
+        "a 1 TiB tensor in an 8 KiB file must fail on the shard's real size, before allocating",
+    )
+
+    # -- names ----------------------------------------------------------------------------------------
+    for name, tensor in {
+        "traversal": "../../a", "absolute": "/a", "backslash": "a\\b", "nul": "a\x00b",
+        "empty-component": "a//b", "trailing-slash": "a/", "empty": "", "dot-component": "x/./a",
+        "too-long": "x" * 1025,
+    }.items():
+        manifest_case(
+            f"v2-tensor-name-{name}", v2(lambda d, t=tensor: d.__setitem__("names", [t, "b"])),
+            rf"{M}: tensor name .*",
+            "tensor names become dict keys and, in adapters, file or variable paths",
+        )
+    manifest_case(
+        "v2-tensor-name-not-a-string", v2(_set(["names"], ["a", 5])),
+        rf"{M}: tensor name 5 is not a string", "wrong type",
+    )
+    manifest_case(
+        "v2-tensor-name-is-bytes", v2(_set(["names"], [b"a", "b"])),
+        rf"{M}: tensor name b'a' is not a string", "a bin where a str belongs",
+    )
+    manifest_case(
+        "v2-tensor-listed-twice", v2(_set(["names"], ["a", "a"])),
+        rf"{M}: tensor a is listed twice", "two entries for one name: which one is restored?",
+    )
+    manifest_case(
+        "v2-name-is-tensor-and-scalar", v2(lambda d: d["scalars"].__setitem__("b", 1)),
+        rf"{M}: b is both a tensor and a scalar", "an ambiguous name",
+    )
+    for name, shard in {"traversal": "../../../../etc/passwd", "absolute": "/etc/passwd",
+                        "three-components": "attempt-0/sub/shard.bin", "not-a-string": 7}.items():
+        manifest_case(
+            f"v2-shard-name-{name}", v2(_set(["shards"], [[shard, SHARD_SIZE]])),
+            rf"{M}: shard name .* is not a safe relative key",
+            f"shard key {shard!r} would resolve outside step-000000000007/",
+        )
+    manifest_case(
+        "v2-shard-listed-twice", v2(_set(["shards"], [[SHARD, SHARD_SIZE], [SHARD, 4096]])),
+        rf"{M}: shard {SHARD} is listed twice", "two sizes for one file",
+    )
+    for name, entry in {"short": [SHARD], "long": [SHARD, SHARD_SIZE, 0], "map": {SHARD: SHARD_SIZE}}.items():
+        manifest_case(
+            f"v2-shard-entry-{name}", v2(_set(["shards"], [entry])),
+            rf"{M}: shard entry #0 .* is not \[name, size\]", "a malformed shard entry",
+        )
+    manifest_case(
+        "v2-shard-size-beyond-limit", v2(_set(["shards"], [[SHARD, 2**50]])),
+        rf"{M}: size of shard {SHARD} 1125899906842624 is not an integer in \[0, 281474976710656\]",
+        "a shard size beyond any real object",
+    )
+
+
 def main() -> None:
     build()
     (HERE / "manifests").mkdir(exist_ok=True)
@@ -542,6 +850,7 @@ def main() -> None:
             (HERE / rel).write_bytes(data)
             cases[rel] = {"error": error, "why": why}
     (HERE / "base-manifest.msgpack").write_bytes(sealed(pack(base_manifest())))
+    (HERE / "base-manifest-v2.msgpack").write_bytes(sealed(pack(base_manifest_v2())))
     (HERE / "base-latest.msgpack").write_bytes(sealed(pack(base_latest())))
     (HERE / "base-shard.bin").write_bytes(base_shard())
     (HERE / "cases.json").write_text(json.dumps(cases, indent=1, sort_keys=True) + "\n")
