@@ -22,7 +22,7 @@ import gc
 import itertools
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import ItemsView, Iterator, Mapping, Sequence, ValuesView
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -280,6 +280,31 @@ class TensorTable(Mapping[str, TensorEntry]):
             "dtype": self._dtypes[dtype[i]], "shape": tuple(dims[dim_start[i] : dim_start[i + 1]]), "chunks": chunks,
         })
 
+    def values(self) -> ValuesView[TensorEntry]:
+        return _TableValues(self)
+
+    def items(self) -> ItemsView[str, TensorEntry]:
+        return _TableItems(self)
+
+    def _entries(self) -> Iterator[TensorEntry]:
+        """Every entry in order: ``table[name]`` for each name, with the lookups hoisted out of the loop."""
+        dtype, dim_start, dims, chunk_start, shard, offset, nbytes, crc = self._columns()
+        dtypes = self._dtypes
+        shard_names = self._shard_names
+        new, set_dict = _new_object, _set_dict
+        for i in range(len(self._names)):
+            first, stop = chunk_start[i], chunk_start[i + 1]
+            chunks = []
+            for j in range(first, stop):
+                c = new(Chunk)
+                set_dict(c, "__dict__", {"shard": shard_names[shard[j]], "offset": offset[j], "nbytes": nbytes[j],
+                                         "crc32c": crc[j]})
+                chunks.append(c)
+            e = new(TensorEntry)
+            set_dict(e, "__dict__", {"dtype": dtypes[dtype[i]], "shape": tuple(dims[dim_start[i] : dim_start[i + 1]]),
+                                     "chunks": tuple(chunks)})
+            yield e
+
     def __repr__(self) -> str:
         return f"<TensorTable of {len(self._names)} tensors, {len(self._chunks)} chunks>"
 
@@ -326,6 +351,20 @@ class TensorTable(Mapping[str, TensorEntry]):
             "nchunks": self._nchunks.astype("<u4", copy=False).tobytes(),
             "chunks": records.astype(CHUNK_RECORD, copy=False).tobytes(),
         }
+
+
+class _TableValues(ValuesView):  # type: ignore[type-arg]
+    _mapping: TensorTable
+
+    def __iter__(self) -> Iterator[TensorEntry]:
+        return self._mapping._entries()
+
+
+class _TableItems(ItemsView):  # type: ignore[type-arg]
+    _mapping: TensorTable
+
+    def __iter__(self) -> Iterator[tuple[str, TensorEntry]]:
+        return zip(self._mapping._names, self._mapping._entries(), strict=True)
 
 
 @dataclass(frozen=True)

@@ -890,7 +890,10 @@ class CheckpointStore:
                 log.warning("%s", CheckpointMismatch(where, mismatches))
                 bad = {m.name for m in mismatches}
                 selected = [n for n in selected if n not in bad]
-        entries = {n: manifest.tensors[n] for n in selected if n in manifest.tensors}
+        tensors = manifest.tensors
+        wanted = [n for n in selected if n in tensors]
+        # Every tensor, in manifest order (the usual restore): build the entries in one pass.
+        entries = dict(tensors.items()) if wanted == list(tensors) else {n: tensors[n] for n in wanted}
         with self._using(manifest.step):
             prefix = step_dir(manifest.step)
             needed = {c.shard for e in entries.values() for c in e.chunks}
