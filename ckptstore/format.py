@@ -14,6 +14,10 @@ Why these choices:
   parallel without a combine step.
 - Plain msgpack maps/lists/str/int/float/bytes only; ext types are refused at decode time and pickle is
   never involved, so a checkpoint from a stranger is data, not code.
+- Since 2.0 the manifest holds the tensors as columns (names, a dtype table, and little-endian binaries
+  of ndim, dims, chunk counts and 24-byte chunk records), validated with numpy and turned into
+  ``TensorEntry`` objects only on demand: a 10k-tensor manifest encodes and decodes in a few ms instead
+  of building and checking 20k objects. 1.x manifests (a map per tensor) are still read.
 """
 
 from __future__ import annotations
@@ -287,23 +291,26 @@ class TensorTable(Mapping[str, TensorEntry]):
         return _TableItems(self)
 
     def _entries(self) -> Iterator[TensorEntry]:
-        """Every entry in order: ``table[name]`` for each name, with the lookups hoisted out of the loop."""
+        """Every entry in order: ``table[name]`` for each name, with the lookups hoisted out of the loop
+        and the cyclic GC paused (see ``_gc_paused``) while the 2 x 10k objects are built."""
         dtype, dim_start, dims, chunk_start, shard, offset, nbytes, crc = self._columns()
         dtypes = self._dtypes
         shard_names = self._shard_names
         new, set_dict = _new_object, _set_dict
-        for i in range(len(self._names)):
-            first, stop = chunk_start[i], chunk_start[i + 1]
-            chunks = []
-            for j in range(first, stop):
-                c = new(Chunk)
-                set_dict(c, "__dict__", {"shard": shard_names[shard[j]], "offset": offset[j], "nbytes": nbytes[j],
-                                         "crc32c": crc[j]})
-                chunks.append(c)
-            e = new(TensorEntry)
-            set_dict(e, "__dict__", {"dtype": dtypes[dtype[i]], "shape": tuple(dims[dim_start[i] : dim_start[i + 1]]),
-                                     "chunks": tuple(chunks)})
-            yield e
+        out = []
+        with _gc_paused():
+            for i in range(len(self._names)):
+                chunks = []
+                for j in range(chunk_start[i], chunk_start[i + 1]):
+                    c = new(Chunk)
+                    set_dict(c, "__dict__", {"shard": shard_names[shard[j]], "offset": offset[j],
+                                             "nbytes": nbytes[j], "crc32c": crc[j]})
+                    chunks.append(c)
+                e = new(TensorEntry)
+                set_dict(e, "__dict__", {"dtype": dtypes[dtype[i]], "shape": tuple(dims[dim_start[i] : dim_start[i + 1]]),
+                                         "chunks": tuple(chunks)})
+                out.append(e)
+        return iter(out)
 
     def __repr__(self) -> str:
         return f"<TensorTable of {len(self._names)} tensors, {len(self._chunks)} chunks>"
