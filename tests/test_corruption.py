@@ -240,7 +240,8 @@ def _observe(store: CheckpointStore, step: int | None) -> tuple[dict[str, Any], 
 def _flip_every_byte(saved: Saved, key: str, step: int | None, expected_step: int) -> FlipOutcomes:
     path = saved.path(key)
     original = path.read_bytes()
-    minor_pos = original.index(b"\xa7version\x92\x01") + 10
+    # "version": [major, minor] with a fixint major (2 for a manifest, 1 for LATEST): the minor follows it.
+    minor_pos = re.search(rb"\xa7version\x92[\x01\x02]", original).end()  # type: ignore[union-attr]
     out = FlipOutcomes(len(original), [], [], [], [], [], [], minor_pos)
     logger = logging.getLogger("ckptstore")
     for pos in range(len(original)):
