@@ -573,9 +573,9 @@ once (-20 ms per save). Numbers quoted come from them and from the separate meas
   are built (a synthetic 10k-entry decode measured 455 ms wall before, 165–185 ms after, back to back).
   What remains is one `TensorEntry` and one `Chunk` object per tensor; < 30 ms needs lazily materialised
   entries or a C-level decoder. **Since these runs**, manifest format 2.0 (tensors as columns, validated
-  with numpy, entries built on demand) does that: `--only manifest`, back to back with 1.x at load ~2,
-  encode 1.0 + decode 5.2–5.7 = 6.2–6.7 ms CPU against 1.x's 99–129 ms (building every entry
-  afterwards, as a full restore does, adds ~25–50 ms).
+  with numpy, entries built on demand) does that: `--only manifest`, five runs back to back with 1.x at
+  load 2–4.6, encode 0.7–1.0 + decode 4.0–5.7 = 4.7–6.7 ms CPU against 1.x's 89–129 ms (building every
+  entry afterwards, as a full restore does, adds ~20–30 ms).
 - **Background save, caller blocked <= 0.15 s/GB**: 0.42 s/GB pooled, 1.24× a plain memcpy of the model
   into warm aligned buffers in the same runs; 0.33 s/GB = 1.00× memcpy in the final-code run (the plan
   cache removed the rest). The snapshot is copy-bound, and the copy ran at ~3 GB/s on this loaded machine
