@@ -450,5 +450,8 @@ def test_restored_large_arrays_are_page_aligned_writable_and_independent(tmp_pat
     del got["w1"]
     np.testing.assert_array_equal(got["w2"], state["w2"])
     np.testing.assert_array_equal(store.restore(1)["w0"], state["w0"])
-    arr = transfer.empty_aligned((5, 1 << 16), np.dtype(np.float64))
-    assert arr.shape == (5, 1 << 16) and arr.ctypes.data % 4096 == 0 and arr.flags.writeable
+    for huge in (True, False):  # numpy's allocation (THP-madvised) or a plain anonymous mapping
+        arr = transfer.empty_aligned((5, 1 << 16), np.dtype(np.float64), huge_pages=huge)
+        assert arr.shape == (5, 1 << 16) and arr.ctypes.data % 4096 == 0 and arr.flags.writeable
+        arr[:] = 2.0
+        assert float(arr.sum()) == 2.0 * arr.size

@@ -141,6 +141,9 @@ class GCSStorage(StorageBase):
     # CPU on loopback servers (threads contending for the GIL in socket reads). A high-latency link may
     # want more: ``CheckpointStore(workers=...)``.
     io_workers = 4
+    # Ordinary pages for restore destinations: with THP the loopback benchmark's restores stalled on
+    # compaction (0.3-1.2 s per 260 MiB against a steady 0.41-0.54 s); see transfer.empty_aligned.
+    huge_page_destinations = False
 
     def __init__(
         self,

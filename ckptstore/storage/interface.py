@@ -113,6 +113,9 @@ class StorageBase:
     capabilities: Capabilities
     io_workers: int = 8  # remote stores hide latency behind concurrency
     read_piece_size: int = 0  # remote stores split a big range into concurrent GETs themselves
+    # Whether restores may allocate their destination arrays with transparent huge pages (see
+    # ``ckptstore.transfer.empty_aligned``); optional, True when absent.
+    huge_page_destinations: bool = True
 
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         raise NotImplementedError
