@@ -649,6 +649,7 @@ examples:
   ckptstore bench --plot bench.png
   ckptstore bench s3://bucket/bench --option endpoint_url=http://127.0.0.1:9000 \\
       --option key=KEY --option secret=SECRET --size 256MiB
+  ckptstore bench gs://bucket/bench --baseline fsspec   raw = the plain gcsfs client (pipe/cat)
 
 Measures durable save, cold restore (local disk: page cache dropped with posix_fadvise) and warm
 restore, each next to a raw baseline (plain writes/reads of the same bytes, same storage, same
