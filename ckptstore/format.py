@@ -321,6 +321,31 @@ class TensorTable(Mapping[str, TensorEntry]):
             index = self._index = dict(zip(self._names, range(len(self._names)), strict=True))
         return index
 
+    def small_and_large(self, limit: int) -> tuple[list[tuple[str, str, int, int, int, str, tuple[int, ...]]], list[str]]:
+        """Split the tensors for a restore without building entries: ``(small, large)`` where ``small``
+        lists ``(name, shard, offset, nbytes, crc32c, dtype, shape)`` of every tensor held in one chunk of
+        1 to ``limit - 1`` bytes, and ``large`` names the rest (read through ``table[name]``)."""
+        dtype, dim_start, dims, chunk_start, shard, offset, nbytes, crc = self._columns()
+        dtypes, shard_names = self._dtypes, self._shard_names
+        small = []
+        large = []
+        for i, name in enumerate(self._names):
+            j = chunk_start[i]
+            if chunk_start[i + 1] - j == 1 and 0 < nbytes[j] < limit:
+                small.append((name, shard_names[shard[j]], offset[j], nbytes[j], crc[j], dtypes[dtype[i]],
+                              tuple(dims[dim_start[i] : dim_start[i + 1]])))
+            else:
+                large.append(name)
+        return small, large
+
+    def shards_used(self) -> set[str]:
+        """The names of the shards some chunk lies in."""
+        return {self._shard_names[i] for i in np.unique(self._chunks["shard"]).tolist()}
+
+    def total_nbytes(self) -> int:
+        """Bytes of all tensors together."""
+        return int(self._chunks["nbytes"].sum(dtype=np.uint64))
+
     def _columns(self) -> tuple[list[Any], ...]:
         lists = self._lists
         if lists is None:

@@ -52,6 +52,7 @@ from ckptstore.format import (
     LayoutPlan,
     Manifest,
     TensorEntry,
+    TensorTable,
     check_tensor_name,
     decode_latest,
     dtype_name,
@@ -892,11 +893,18 @@ class CheckpointStore:
                 selected = [n for n in selected if n not in bad]
         tensors = manifest.tensors
         wanted = [n for n in selected if n in tensors]
-        # Every tensor, in manifest order (the usual restore): build the entries in one pass.
-        entries = dict(tensors.items()) if wanted == list(tensors) else {n: tensors[n] for n in wanted}
+        entries: Mapping[str, TensorEntry]
+        if wanted == list(tensors):  # every tensor, in manifest order: the usual restore
+            # A 2.0 manifest's table goes as it is (planned from its columns); 1.x entries in one pass.
+            entries = tensors if isinstance(tensors, TensorTable) else dict(tensors.items())
+        else:
+            entries = {n: tensors[n] for n in wanted}
         with self._using(manifest.step):
             prefix = step_dir(manifest.step)
-            needed = {c.shard for e in entries.values() for c in e.chunks}
+            if isinstance(entries, TensorTable):
+                needed = entries.shards_used()
+            else:
+                needed = {c.shard for e in entries.values() for c in e.chunks}
             check_shards(self._storage, prefix, manifest, needed, self.workers)
             if mmap:
                 arrays = map_tensors(self._storage, prefix, entries, verify=bool(verify))
@@ -907,7 +915,9 @@ class CheckpointStore:
                 )
         seconds = time.perf_counter() - started
         stats = TransferStats(
-            "restore", manifest.step, sum(e.nbytes for e in entries.values()), seconds, seconds,
+            "restore", manifest.step,
+            entries.total_nbytes() if isinstance(entries, TensorTable) else sum(e.nbytes for e in entries.values()),
+            seconds, seconds,
             files=len(needed), mode="mmap" if mmap else "read",
         )
         self._last_restore_stats = stats

@@ -24,7 +24,7 @@ import itertools
 import math
 import mmap
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TypeVar
@@ -93,14 +93,28 @@ def empty_aligned(shape: Sequence[int], dtype: np.dtype, *, huge_pages: bool = T
     return np.frombuffer(buf, np.uint8, nbytes).view(dtype).reshape(shape)
 
 
-def run_parallel(tasks: Sequence[Callable[[], T]], workers: int) -> list[T]:
-    """Run ``tasks`` on a thread pool; the first failure cancels what has not started and is raised."""
-    if not tasks:
-        return []
-    if workers <= 1 or len(tasks) == 1:
-        return [t() for t in tasks]
+def run_parallel(
+    tasks: Sequence[Callable[[], T]], workers: int, *, meanwhile: Callable[[], None] | None = None
+) -> list[T]:
+    """Run ``tasks`` on a thread pool; the first failure cancels what has not started and is raised.
+
+    ``meanwhile`` runs in the calling thread once the tasks are submitted (work that needs none of their
+    results, overlapped with them); if it raises, the tasks not started are cancelled and it is raised.
+    """
+    if workers <= 1 or len(tasks) <= 1:
+        results = [t() for t in tasks]
+        if meanwhile is not None:
+            meanwhile()
+        return results
     with ThreadPoolExecutor(max_workers=min(workers, len(tasks)), thread_name_prefix="ckptstore-io") as pool:
         futures: list[Future[T]] = [pool.submit(t) for t in tasks]
+        if meanwhile is not None:
+            try:
+                meanwhile()
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for f in pending:
             f.cancel()
@@ -383,59 +397,82 @@ def read_tensors(
     Small single-chunk tensors are views into one shared page-aligned arena laid out like their runs
     in the shard files: each run is one read straight into the arena, then every tensor in it is
     checked — no allocation, copy or storage call per tensor. (So one kept small tensor keeps the
-    arena alive: at most the small tensors' bytes.)
+    arena alive: at most the small tensors' bytes.) The views are made while the reads run, and a
+    ``TensorTable`` (a whole 2.0 manifest) is planned from its columns, without an entry per tensor.
     """
     url = storage.url
     huge = getattr(storage, "huge_page_destinations", True)
     out: dict[str, np.ndarray] = {}
     tasks: list[Callable[[], None]] = []
-    small: dict[str, list[tuple[Chunk, str]]] = {}
+    small_items: list[_Small]
+    large: Iterable[tuple[str, TensorEntry]]
+    if isinstance(entries, TensorTable):
+        small_items, large_names = entries.small_and_large(SMALL_CHUNK)
+        large = ((name, entries[name]) for name in large_names)
+    else:
+        small_items, large_list = [], []
+        for name, entry in entries.items():
+            chunks = entry.chunks
+            if len(chunks) == 1 and 0 < chunks[0].nbytes < SMALL_CHUNK:
+                c = chunks[0]
+                small_items.append((name, c.shard, c.offset, c.nbytes, c.crc32c, entry.dtype, entry.shape))
+            else:
+                large_list.append((name, entry))
+        large = large_list
 
-    for name, entry in entries.items():
-        chunks = entry.chunks
-        if len(chunks) == 1 and 0 < chunks[0].nbytes < SMALL_CHUNK:
-            small.setdefault(chunks[0].shard, []).append((chunks[0], name))
-            continue
+    for name, entry in large:
         arr = out[name] = empty_aligned(entry.shape, dtype_from_name(entry.dtype), huge_pages=huge)
         dest = byte_view(arr)
         pos = 0
-        for chunk in chunks:
+        for chunk in entry.chunks:
             if chunk.nbytes:
                 tasks.append(lambda n=name, c=chunk, d=dest[pos : pos + chunk.nbytes]: _read_large(storage, url, step_prefix, n, c, d, verify))
             pos += chunk.nbytes
 
-    runs: list[tuple[str, list[tuple[Chunk, str]], int, int]] = []  # shard, members, arena offset, length
+    small: dict[str, list[_Small]] = {}
+    for item in small_items:
+        small.setdefault(item[1], []).append(item)
+    runs: list[tuple[str, list[_Small], int, int]] = []  # shard, members, arena offset, length
     arena_size = 0
     for shard, items in small.items():
-        items.sort(key=lambda x: x[0].offset)
-        batch: list[tuple[Chunk, str]] = []
+        items.sort(key=_offset_of)
+        batch: list[_Small] = []
         for item in items:
             if batch and (
-                item[0].offset + item[0].nbytes - batch[0][0].offset > BATCH_SPAN
-                or item[0].offset - (batch[-1][0].offset + batch[-1][0].nbytes) > BATCH_GAP
+                item[2] + item[3] - batch[0][2] > BATCH_SPAN
+                or item[2] - (batch[-1][2] + batch[-1][3]) > BATCH_GAP
             ):
-                length = batch[-1][0].offset + batch[-1][0].nbytes - batch[0][0].offset
+                length = batch[-1][2] + batch[-1][3] - batch[0][2]
                 runs.append((shard, batch, arena_size, length))
                 arena_size += -(-length // ALIGN) * ALIGN  # every run starts page-aligned, as in the file
                 batch = []
             batch.append(item)
         if batch:
-            length = batch[-1][0].offset + batch[-1][0].nbytes - batch[0][0].offset
+            length = batch[-1][2] + batch[-1][3] - batch[0][2]
             runs.append((shard, batch, arena_size, length))
             arena_size += -(-length // ALIGN) * ALIGN
-    if runs:
-        arena = empty_aligned((arena_size,), np.dtype(np.uint8), huge_pages=huge)
-        for shard, batch, at, length in runs:
-            start = batch[0][0].offset
-            for chunk, name in batch:
-                entry = entries[name]
-                lo = at + chunk.offset - start
-                out[name] = arena[lo : lo + chunk.nbytes].view(dtype_from_name(entry.dtype)).reshape(entry.shape)
-            view = memoryview(arena)[at : at + length]
-            tasks.append(lambda s=shard, b=batch, v=view: _read_run(storage, url, step_prefix, s, b, v, verify))
+    arena = empty_aligned((arena_size,), np.dtype(np.uint8), huge_pages=huge) if runs else None
+    for shard, batch, at, length in runs:
+        view = memoryview(arena)[at : at + length]
+        tasks.append(lambda s=shard, b=batch, v=view: _read_run(storage, url, step_prefix, s, b, v, verify))
 
-    run_parallel(tasks, workers)
+    def make_views() -> None:
+        for _shard, batch, at, _length in runs:
+            start = batch[0][2]
+            for name, _s, offset, nbytes, _crc, dtype, shape in batch:
+                lo = at + offset - start
+                out[name] = arena[lo : lo + nbytes].view(dtype_from_name(dtype)).reshape(shape)  # type: ignore[index]
+
+    run_parallel(tasks, workers, meanwhile=make_views)
     return {name: out[name] for name in entries}
+
+
+# (name, shard, offset, nbytes, crc32c, dtype name, shape) of a small single-chunk tensor
+_Small = tuple[str, str, int, int, int, str, tuple[int, ...]]
+
+
+def _offset_of(item: _Small) -> int:
+    return item[2]
 
 
 def _read_large(storage: Storage, url: str, prefix: str, name: str, chunk: Chunk, dest: memoryview, verify: bool) -> None:
@@ -460,19 +497,19 @@ def _read_run(
     url: str,
     prefix: str,
     shard: str,
-    batch: list[tuple[Chunk, str]],
+    batch: list[_Small],
     view: memoryview,
     verify: bool,
 ) -> None:
     """One read of a run of small chunks into its place in the arena, then each chunk's checksum."""
     key = f"{prefix}/{shard}"
-    start = batch[0][0].offset
+    start = batch[0][2]
     storage.read_into(key, start, view)
     if verify:
-        for chunk, name in batch:
-            actual = crc32c(view[chunk.offset - start : chunk.offset - start + chunk.nbytes])
-            if actual != chunk.crc32c:
-                raise _checksum_error(url, key, name, chunk, actual)
+        for name, _shard, offset, nbytes, crc, _dtype, _shape in batch:
+            actual = crc32c(view[offset - start : offset - start + nbytes])
+            if actual != crc:
+                raise _checksum_error(url, key, name, Chunk(shard, offset, nbytes, crc), actual)
 
 
 def map_tensors(

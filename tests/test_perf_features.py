@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ckptstore import commit, transfer
+from ckptstore import commit, format, transfer
 from ckptstore.errors import ChecksumError, StorageError, Unsupported
 from ckptstore.format import plan_layout, step_dir
 from ckptstore.manager import CheckpointInfo, CheckpointStore, SaveHandle, TransferStats
@@ -455,3 +455,32 @@ def test_restored_large_arrays_are_page_aligned_writable_and_independent(tmp_pat
         assert arr.shape == (5, 1 << 16) and arr.ctypes.data % 4096 == 0 and arr.flags.writeable
         arr[:] = 2.0
         assert float(arr.sum()) == 2.0 * arr.size
+
+
+def test_restore_plans_a_whole_table_like_its_entries(tmp_path: Path) -> None:
+    """A full restore plans a 2.0 manifest from its columns (no entry per tensor); the result, and the
+    error for a damaged small tensor, are the same as through the entries themselves."""
+    store = CheckpointStore(tmp_path / "ckpt", workers=2, chunk_size=1 << 16)
+    rng = np.random.default_rng(3)
+    state = {f"small/{i:03d}": rng.random(int(rng.integers(1, 3000))).astype(np.float32) for i in range(200)}
+    state |= {"big": rng.random((300, 200)), "scalar0d": np.array(7, np.int16), "empty": np.zeros((0, 5))}
+    store.save(1, state)
+    manifest = store.manifest(1)
+    assert isinstance(manifest.tensors, format.TensorTable)
+    from_table = store.restore(1)
+    storage, prefix = store.storage, format.step_dir(1)
+    from_entries = transfer.read_tensors(storage, prefix, dict(manifest.tensors.items()), verify=True, workers=2)
+    for name, arr in state.items():
+        for got in (from_table[name], from_entries[name]):
+            assert got.dtype == arr.dtype and got.shape == arr.shape, name
+            np.testing.assert_array_equal(got, arr)
+    victim = manifest.tensors["small/117"].chunks[0]
+    shard = tmp_path / "ckpt" / prefix / victim.shard
+    data = bytearray(shard.read_bytes())
+    data[victim.offset + 1] ^= 0x40
+    shard.write_bytes(bytes(data))
+    for restore in (lambda: store.restore(1),
+                    lambda: transfer.read_tensors(storage, prefix, dict(manifest.tensors.items()), verify=True,
+                                                  workers=2)):
+        with pytest.raises(ChecksumError, match="small/117"):
+            restore()
