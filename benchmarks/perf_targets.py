@@ -522,9 +522,10 @@ def report(r: dict[str, Any], command: str, env: dict[str, Any]) -> str:
 ANALYSIS = """
 ## How ckptstore gets there
 
-(Written for the two 1 GiB runs of 2026-11-27 14:53 and 15:05 UTC (7 + 7 repetitions, load 0.8-2.2)
-pooled in `results/perf_targets.md`, on the final code. Numbers quoted come from them and from the
-separate measurements named.)
+(Written for the two 1 GiB runs of 2026-11-27 15:32 and 15:35 UTC (7 + 7 repetitions, load 1.2-1.6)
+pooled in `results/perf_targets.md`, on the final code; two runs of 14:53 and 15:05 UTC, before the
+restore planned 2.0 manifests from their columns, are quoted as "earlier runs". Numbers quoted come from
+them and from the separate measurements named.)
 
 - **Save**: one shard per worker thread (2 here), sized by the smallest target that yields no more shards
   than workers. Each thread streams its shard from the arrays' own memory in 8 MiB pieces, computing each
@@ -538,7 +539,9 @@ separate measurements named.)
   decode 4.8 ms CPU (format 1.x, a map per tensor: 89-147 ms).
 - **Restore**: large chunks are read in 8 MiB pieces straight into page-aligned arrays, each piece
   verified right after it lands; small single-chunk tensors are read run by run (<= 16 MiB) into one
-  shared page-aligned arena and returned as views of it. Destination memory is numpy's (huge pages)
+  shared page-aligned arena and returned as views of it. A whole 2.0 manifest is planned from its
+  columns (entries are built only for the few large tensors), and the 10k views are made while the reads
+  run. Destination memory is numpy's (huge pages)
   on local disk: first-touch faults are most of a restore's system time, ~0.11 s/GB with transparent huge
   pages here against ~0.6 s/GB with 4 KiB pages.
 - **Background save**: the state is copied by 2 threads into staging buffers laid out exactly like the
@@ -548,38 +551,36 @@ separate measurements named.)
 
 ## Targets not met, by how much and why
 
-- **Warm restore** 0.61× (runs 0.51× / 0.70×; target 0.8×, short by ~0.2). With checksums on, a warm
-  restore is CPU-bound and the checksum is the gap: raw = one copy from the page cache (~9 GB/s per core
-  here), ckptstore = that copy plus a crc32c pass over the same bytes (the `crc32c` package: 15.4 GB/s per
-  core on this CPU, measured on 1 GiB in 1 and 8 MiB pieces). Two passes on each of 2 busy cores cap the
-  ratio near 1 / (1 + 9/15.4) = 0.63×, which is what is measured; `verify=False` restores match the raw
-  reader (0.15 vs 0.14-0.16 s for 1 GiB, back to back). Reading through a memory map and checksumming
-  before copying measured the same (5.6-6.5 GB/s per core either way). Closing the gap needs a fused
-  copy+checksum kernel (none is available from Python), a faster checksum (a format change), or
-  verification off the critical path (`mmap=True`, verify later).
-- **Durable save** 0.82× pooled (runs 0.76× / 0.86×; two runs earlier today at 14:08 and 14:40 UTC,
-  with earlier code and load 0.6-1.8: 1.25× and 1.25×). Short of 0.9× by ~0.1 in these runs. The commit (manifest + LATEST +
-  retention) costs 2-100 ms of a 1.3-1.5 s save; the rest is the write loop, whose only systematic
-  difference from the raw writer (same 8 MiB writes, same 2 files and threads) is a checksum before each
-  write. Not isolated further; the spread of single saves (0.75-2.35 s) is wider than the gap.
-- **Cold restore** 0.80× pooled (runs 0.76× / 0.85×; 1.19× in the 14:08 run). Both sides wait for the
-  same shared virtual disk; the systematic difference is queue depth: ckptstore issues 8 MiB reads per
-  thread with a checksum between them, the raw reader one 512 MiB `preadv` per file.
-- **Many small tensors, warm restore** 0.73× of the large-tensor warm throughput (runs 0.73× / 0.88×;
-  target 0.8×). The large-tensor warm restore it is compared with is itself CPU-bound (above), and a
-  10k-tensor restore adds ~30 ms of per-tensor Python work (building 10k entries from the columns, 10k
-  array views, 10k checksum calls) to ~0.32 s.
+- **Warm restore** 0.72× (runs 0.70× / 1.18×; earlier runs 0.51× / 0.70×; target 0.8×). With checksums
+  on, a warm restore is CPU-bound and the checksum is the gap: raw = one copy from the page cache
+  (~9 GB/s per core here), ckptstore = that copy plus a crc32c pass over the same bytes (the `crc32c`
+  package: 15.4 GB/s per core on this CPU, measured on 1 GiB in 1 and 8 MiB pieces). Two passes on each
+  of 2 busy cores cap the ratio near 1 / (1 + 9/15.4) = 0.63× when both sides run at full speed;
+  `verify=False` restores match the raw reader (0.15 vs 0.14-0.16 s for 1 GiB, back to back). Reading
+  through a memory map and checksumming before copying measured the same (5.6-6.5 GB/s per core either
+  way). Closing the gap needs a fused copy+checksum kernel (none is available from Python), a faster
+  checksum (a format change), or verification off the critical path (`mmap=True`, verify later).
+- **Cold restore** 0.69× (runs 0.64× / 0.84×; earlier runs 0.76× / 0.85×, and 1.19× at 14:08). Both
+  sides wait for the same shared virtual disk (~1-1.4 GB/s in these runs). The systematic difference is
+  queue depth: ckptstore issues 8 MiB reads per thread with a checksum between them, the raw reader one
+  512 MiB `preadv` per file. Asking the kernel to read ahead each 64 MiB chunk first
+  (`POSIX_FADV_WILLNEED`) made no difference (6 interleaved cold restores each: 0.99 vs 1.00 s).
 
 ## Met, with the margin
 
-- **Background save blocks 0.149 s/GB** pooled (runs 0.150 / 0.127; target <= 0.15): about one plain copy
-  of the model into warm aligned buffers (0.83× of that memcpy's time in the same runs); the first
-  background save also pays the page faults of fresh staging memory (0.18 s/GB here). Borderline: the
-  snapshot is copy-bound, and on a busier machine the same copy takes longer (0.33-0.42 s/GB at load 5-13).
-- **Ahead of every peer** holds against the notes' yardstick (1.75× naive vs DCP 1.57×, safetensors
-  1.45×); the peer benchmark measures the peers themselves in one run (`results/peers-local-1024MiB.md`).
-- Memory (save 0.001×, restore 1.001×), many-small save (1.26×) and cold (1.09×), manifest (5.6 ms),
-  latest() (one read with 1000 checkpoints) and staging memory (1.0004×, reused) are met with margin.
+- **Durable save** 0.97× (runs 0.90× / 1.05×; the two earlier runs 0.76× / 0.86×, and 1.25× twice before
+  that): at the target, within the run-to-run spread; the commit (manifest + LATEST + retention) costs
+  2-100 ms of a 0.9-1.5 s save. Ahead of every peer: 1.86× naive against the notes' DCP 1.57× and
+  safetensors 1.45×, and in the peer benchmark's own run (`results/peers-local-1024MiB.md`) 1427 MB/s
+  against DCP 1369 and safetensors 1098.
+- **Many small tensors**: warm 1.05× and cold 1.07× of the large-tensor throughput; save 0.84× pooled but
+  0.69× in one run (10k tensors are glued into ~130 writes; the spread is the disk's).
+- **Background save blocks 0.140 s/GB** (target <= 0.15): about one plain copy of the model into warm
+  aligned buffers (0.70× of that memcpy's time in the same runs); the first background save also pays the
+  page faults of fresh staging memory (0.20 s/GB here). Narrow: the snapshot is copy-bound, and on a
+  busier machine the same copy takes longer (0.33-0.42 s/GB at load 5-13).
+- Memory (save 0.001×, restore 1.001×), manifest encode + decode (4.9 ms), latest() (one read with 1000
+  checkpoints) and staging memory (1.0004×, reused) are met with margin.
 
 Per-repetition ratios spread 2-3× on this shared 2-core machine; re-run on a quiet machine before
 quoting absolute numbers.
