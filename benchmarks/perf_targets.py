@@ -564,7 +564,11 @@ them and from the separate measurements named.)
   sides wait for the same shared virtual disk (~1-1.4 GB/s in these runs). The systematic difference is
   queue depth: ckptstore issues 8 MiB reads per thread with a checksum between them, the raw reader one
   512 MiB `preadv` per file. Asking the kernel to read ahead each 64 MiB chunk first
-  (`POSIX_FADV_WILLNEED`) made no difference (6 interleaved cold restores each: 0.99 vs 1.00 s).
+  (`POSIX_FADV_WILLNEED`) made no difference (6 interleaved cold restores each: 0.99 vs 1.00 s), and neither did
+  64 MiB read pieces instead of 8 MiB (two more pooled runs at 15:48 and 15:50 UTC: ckptstore cold 1.10 s
+  against 1.02 s here, warm 0.30 against 0.32 s), while the raw reader's own medians moved from 0.76 to
+  1.18 s cold and 0.23 to 0.50 s warm between those runs (its fresh 512 MiB buffers sometimes wait for
+  huge-page compaction) — which is also why the ratios swing from run to run.
 
 ## Met, with the margin
 
