@@ -591,3 +591,23 @@ def test_missing_server_fails_in_ci_and_skips_elsewhere(monkeypatch):
     monkeypatch.setenv("CI", "")
     with pytest.raises(pytest.skip.Exception):
         unavailable("weed not found")
+
+
+def test_gcs_upload_bodies_go_to_the_socket_in_drained_slices():
+    """Handed to asyncio whole, a part's unsent remainder is copied into the transport's buffer (Python
+    < 3.12): a second copy of every part in flight. Slices of 1 MiB, each awaited, bound that copy."""
+    import asyncio
+
+    gcs = pytest.importorskip("ckptstore.storage.gcs")
+    data = bytes(range(256)) * 10_000  # 2.56 MB: two full slices and a short one
+    sent: list[bytes] = []
+
+    class Writer:
+        async def write(self, chunk: Any) -> None:
+            sent.append(bytes(chunk))
+
+    asyncio.run(gcs._SlicedPayload(memoryview(data)).write(Writer()))
+    assert b"".join(sent) == data and [len(c) for c in sent] == [1 << 20, 1 << 20, len(data) - (2 << 20)]
+    sent.clear()
+    asyncio.run(gcs._SlicedPayload(data).write_with_length(Writer(), 1_500_000))
+    assert b"".join(sent) == data[:1_500_000]

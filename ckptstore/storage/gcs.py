@@ -445,7 +445,7 @@ class GCSStorage(StorageBase):
             # A fresh writer per attempt: aiohttp consumes payloads as it sends them.
             writer = aiohttp.MultipartWriter("related")
             writer.append_json({"name": name})
-            writer.append(aiohttp.payload.BytesPayload(view, content_type="application/octet-stream"))
+            writer.append(_SlicedPayload(view, content_type="application/octet-stream"))
             return writer
 
         attempts = 0
@@ -553,6 +553,24 @@ class GCSStorage(StorageBase):
                 fsspec.asyn.sync(self.fs.loop, session.close, timeout=5)
             except Exception:  # closing is best effort; the loop may already be gone at exit
                 pass
+
+
+class _SlicedPayload(aiohttp.payload.BytesPayload):
+    """Bytes sent in 1 MiB slices, each drained before the next. Handed over whole, asyncio's transport
+    (Python < 3.12) copies whatever the socket does not take at once into its own buffer: a second copy
+    of every part in flight (GCS saves measured 1.8x the model in extra memory, S3 1.07x)."""
+
+    async def write(self, writer: Any) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+        view = memoryview(self._value).cast("B")
+        end = len(view) if content_length is None else min(len(view), content_length)
+        for lo in range(0, end, _SEND_SLICE):
+            await writer.write(view[lo : min(lo + _SEND_SLICE, end)])
+
+
+_SEND_SLICE = 1 << 20
 
 
 def _content_range_total(value: str | None) -> int | None:
