@@ -385,6 +385,20 @@ class TensorTable(Mapping[str, TensorEntry]):
         }
 
 
+def shards_of(tensors: Mapping[str, TensorEntry]) -> set[str]:
+    """The shards any of ``tensors``' chunks lies in (from the columns when given a ``TensorTable``)."""
+    if isinstance(tensors, TensorTable):
+        return tensors.shards_used()
+    return {c.shard for e in tensors.values() for c in e.chunks}
+
+
+def nbytes_of(tensors: Mapping[str, TensorEntry]) -> int:
+    """Bytes of ``tensors`` together (from the columns when given a ``TensorTable``)."""
+    if isinstance(tensors, TensorTable):
+        return tensors.total_nbytes()
+    return sum(e.nbytes for e in tensors.values())
+
+
 class _TableValues(ValuesView):  # type: ignore[type-arg]
     _mapping: TensorTable
 

@@ -52,14 +52,15 @@ from ckptstore.format import (
     LayoutPlan,
     Manifest,
     TensorEntry,
-    TensorTable,
     check_tensor_name,
     decode_latest,
     dtype_name,
     manifest_key,
+    nbytes_of,
     pack,
     parse_step_dir,
     plan_layout,
+    shards_of,
     step_dir,
 )
 from ckptstore.policies import (
@@ -893,18 +894,12 @@ class CheckpointStore:
                 selected = [n for n in selected if n not in bad]
         tensors = manifest.tensors
         wanted = [n for n in selected if n in tensors]
-        entries: Mapping[str, TensorEntry]
-        if wanted == list(tensors):  # every tensor, in manifest order: the usual restore
-            # A 2.0 manifest's table goes as it is (planned from its columns); 1.x entries in one pass.
-            entries = tensors if isinstance(tensors, TensorTable) else dict(tensors.items())
-        else:
-            entries = {n: tensors[n] for n in wanted}
+        # Every tensor, in manifest order (the usual restore): the manifest's own mapping, so a 2.0
+        # table is planned from its columns without an entry per tensor.
+        entries = tensors if wanted == list(tensors) else {n: tensors[n] for n in wanted}
         with self._using(manifest.step):
             prefix = step_dir(manifest.step)
-            if isinstance(entries, TensorTable):
-                needed = entries.shards_used()
-            else:
-                needed = {c.shard for e in entries.values() for c in e.chunks}
+            needed = shards_of(entries)
             check_shards(self._storage, prefix, manifest, needed, self.workers)
             if mmap:
                 arrays = map_tensors(self._storage, prefix, entries, verify=bool(verify))
@@ -915,9 +910,7 @@ class CheckpointStore:
                 )
         seconds = time.perf_counter() - started
         stats = TransferStats(
-            "restore", manifest.step,
-            entries.total_nbytes() if isinstance(entries, TensorTable) else sum(e.nbytes for e in entries.values()),
-            seconds, seconds,
+            "restore", manifest.step, nbytes_of(entries), seconds, seconds,
             files=len(needed), mode="mmap" if mmap else "read",
         )
         self._last_restore_stats = stats
