@@ -45,6 +45,27 @@ class StorageContract:
         storage.read_into("r", 50, memoryview(out))
         assert bytes(out) == bytes(range(50, 80))
 
+    def test_read_pieces(self, storage: Storage) -> None:
+        read_pieces = getattr(storage, "read_pieces", None)
+        if read_pieces is None:  # optional: restores fall back to read_into
+            return
+        data = bytes(range(256)) * 40
+        storage.put("p", data)
+        out = bytearray(7000)
+        view = memoryview(out)
+        landed = []
+        for piece in read_pieces("p", 300, view, 1024):
+            landed.append(bytes(piece))  # each piece is filled when it is yielded
+        assert [len(p) for p in landed] == [1024] * 6 + [856]
+        assert b"".join(landed) == bytes(out) == data[300:7300]
+        out2 = bytearray(10)
+        try:
+            for _ in read_pieces("p", len(data) - 5, memoryview(out2), 4):
+                pass
+        except (StorageError, NotFound):
+            return
+        raise AssertionError("read_pieces past the end of an object must raise")
+
     def test_read_into_past_end_fails(self, storage: Storage) -> None:
         storage.put("short", b"12345")
         out = bytearray(10)

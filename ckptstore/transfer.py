@@ -482,12 +482,17 @@ def _read_large(storage: Storage, url: str, prefix: str, name: str, chunk: Chunk
         return
     # Local reads go piece by piece so each piece is checksummed while it is still in cache; a remote
     # backend gets the whole chunk in one call, which it splits into concurrent ranged GETs itself.
-    piece_size = storage.read_piece_size or chunk.nbytes
     crc = 0
-    for i in range(0, chunk.nbytes, piece_size):
-        piece = dest[i : i + piece_size]
-        storage.read_into(key, chunk.offset + i, piece)
-        crc = crc32c(piece, crc)
+    read_pieces = getattr(storage, "read_pieces", None)
+    if read_pieces is not None:
+        for piece in read_pieces(key, chunk.offset, dest):
+            crc = crc32c(piece, crc)
+    else:  # a plugin that does not derive from StorageBase
+        piece_size = storage.read_piece_size or chunk.nbytes
+        for i in range(0, chunk.nbytes, piece_size):
+            piece = dest[i : i + piece_size]
+            storage.read_into(key, chunk.offset + i, piece)
+            crc = crc32c(piece, crc)
     if crc != chunk.crc32c:
         raise _checksum_error(url, key, name, chunk, crc)
 

@@ -130,6 +130,18 @@ class StorageBase:
             )
         out[:] = data
 
+    def read_pieces(self, key: str, offset: int, out: memoryview, piece_size: int = 0) -> Iterator[memoryview]:
+        """Fill ``out`` like ``read_into``, in calls of ``piece_size`` bytes (default ``read_piece_size``;
+        one call when both are 0),
+        yielding each filled piece of ``out`` as it lands — so the caller checksums it while it is in
+        cache. Optional: restores fall back to this loop of ``read_into`` calls; a backend overrides it to
+        keep one handle open for all the pieces."""
+        step = piece_size or self.read_piece_size or len(out) or 1
+        for i in range(0, len(out), step):
+            piece = out[i : i + step]
+            self.read_into(key, offset + i, piece)
+            yield piece
+
     def close(self) -> None:
         pass
 

@@ -167,18 +167,29 @@ class LocalStorage(StorageBase):
             raise self._error("get", key, e) from e
 
     def read_into(self, key: str, offset: int, out: memoryview) -> None:
+        for _ in self.read_pieces(key, offset, out, len(out) or 1):
+            pass
+
+    def read_pieces(self, key: str, offset: int, out: memoryview, piece_size: int = 0) -> Iterator[memoryview]:
+        """``read_into`` in ``read_piece_size`` pieces through one fd, yielding each filled piece (the
+        symlink check and open cost more than reading a megabyte, so they happen once per call)."""
         path = self._path(key)
+        view = as_bytes_view(out)
+        step = piece_size or self.read_piece_size or len(view) or 1
         fd = self.open_for_read(key)
         try:
-            view = as_bytes_view(out)
-            done = 0
-            while done < len(view):
-                n = os.preadv(fd, [view[done:]], offset + done)
-                if n == 0:
-                    raise StorageError(
-                        f"{path}: object ends at {offset + done} bytes, {len(view) - done} more expected"
-                    )
-                done += n
+            for start in range(0, len(view), step):
+                piece = view[start : start + step]
+                done = 0
+                while done < len(piece):
+                    n = os.preadv(fd, [piece[done:]], offset + start + done)
+                    if n == 0:
+                        raise StorageError(
+                            f"{path}: object ends at {offset + start + done} bytes, "
+                            f"{len(view) - start - done} more expected"
+                        )
+                    done += n
+                yield piece
         except OSError as e:
             raise self._error("read", key, e) from e
         finally:
