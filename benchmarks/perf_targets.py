@@ -54,8 +54,16 @@ from ckptstore.testing import FaultInjectingStorage  # noqa: E402
 from ckptstore.transfer import empty_aligned  # noqa: E402
 
 GB = 1e9
-_ORDERS = ([0, 1, 2], [2, 0, 1], [1, 2, 0], [2, 1, 0], [0, 2, 1], [1, 0, 2])
+_ORDERS = ([0, 1, 2], [2, 0, 1], [1, 2, 0], [2, 1, 0], [0, 2, 1], [1, 0, 2])  # for the 3 writers
+
+
+def restore_order(rep: int, k: int) -> list[int]:
+    """Repetition ``rep``'s order of ``k`` readers: rotated, and reversed every other time, so every
+    reader takes every position and follows every other in turn."""
+    order = [(i + rep // 2) % k for i in range(k)]
+    return order[::-1] if rep % 2 else order
 RESULTS = Path(__file__).resolve().parent / "results"
+READ_WORKERS = LocalStorage.read_workers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,8 +254,9 @@ def run(base: Path, total: int, repeat: int, small_count: int) -> dict[str, Any]
     for rep in range(repeat):
         rep_dir = base / f"r{rep}"
         rep_dir.mkdir(parents=True)
-        store = CheckpointStore(rep_dir / "ckpt", workers=2)
-        small_store = CheckpointStore(rep_dir / "small", workers=2)
+        # Two writers, like the raw writer; restores read with the backend's read_workers (4 on local disk).
+        store = CheckpointStore(rep_dir / "ckpt", workers=2, read_workers=READ_WORKERS)
+        small_store = CheckpointStore(rep_dir / "small", workers=2, read_workers=READ_WORKERS)
         plan = store._plan([(n, a.nbytes) for n, a in model.items()])
         raw = RawBaseline(str(rep_dir / "raw"))
         naive_root = rep_dir / "naive"
@@ -272,9 +281,11 @@ def run(base: Path, total: int, repeat: int, small_count: int) -> dict[str, Any]
         restores: list[tuple[str, Callable[[], Any], Path]] = [
             ("cold/ckptstore", lambda: store.restore(1), rep_dir / "ckpt"),
             ("cold/raw", lambda: raw.restore(2), rep_dir / "raw"),
+            ("cold/raw4", lambda: raw.restore(READ_WORKERS), rep_dir / "raw"),
             ("cold/naive", lambda: naive_restore(naive_root, model), naive_root),
         ]
-        for i in order:
+        reading = restore_order(rep, len(restores))
+        for i in reading:
             key, fn, path = restores[i]
             drop_cache([path], "fadvise")
             sec, peak, out = timed(fn)
@@ -286,8 +297,11 @@ def run(base: Path, total: int, repeat: int, small_count: int) -> dict[str, Any]
         del out
         s.add("cold/small", sec)
 
+        # The best raw cold reader of this repetition (2 or 4 threads; the disk decides).
+        s.add("cold/raw-best", min(s.runs["cold/raw"][-1], s.runs["cold/raw4"][-1]))
+
         # -- warm restore (everything is in the page cache now) ----------------------------
-        for i in order:
+        for i in reading:
             key, fn, _ = restores[i]
             sec, peak, out = timed(fn)
             del out
@@ -424,8 +438,11 @@ def report(r: dict[str, Any], command: str, env: dict[str, Any]) -> str:
 
     save_r = ratio("save/raw", "save/ckptstore")
     warm_r = ratio("warm/raw", "warm/ckptstore")
-    cold_r = ratio("cold/raw", "cold/ckptstore")
+    cold_base = "cold/raw-best" if "cold/raw-best" in runs else "cold/raw"  # runs before 4-thread reads
+    cold_r = ratio(cold_base, "cold/ckptstore")
     save_ratio, warm_ratio, cold_ratio = save_r[1], warm_r[1], cold_r[1]
+    cold_readers = (f" (per repetition the faster of 2 threads, median {med['cold/raw']:.2f} s, and "
+                    f"{READ_WORKERS} threads, {med['cold/raw4']:.2f} s)") if cold_base != "cold/raw" else ""
     save_naive = ratio("save/naive", "save/ckptstore")[1]
     warm_naive = ratio("warm/naive", "warm/ckptstore")[1]
     small_save_r = ratio("save/ckptstore", "save/small", ns / n)
@@ -474,8 +491,9 @@ def report(r: dict[str, Any], command: str, env: dict[str, Any]) -> str:
         f"{med['warm/raw']:.2f} s = {tp('warm/raw')} | {show(warm_r)} | ≥ 0.8× | {ok_runs(warm_ratio, 0.8, 'warm/raw', 'warm/ckptstore')} |",
         f"| … vs naive (peer yardstick) | {warm_naive:.2f}× naive | naive {med['warm/naive']:.2f} s = "
         f"{tp('warm/naive')} | peers (notes): np.save 2.47×, torch.save 0.87×, safetensors 0.85×, DCP 0.49× | | |",
-        f"| cold restore | {med['cold/ckptstore']:.2f} s = {tp('cold/ckptstore')} | raw reader {med['cold/raw']:.2f} s "
-        f"= {tp('cold/raw')} | {show(cold_r)} | ≥ 0.9× | {ok_runs(cold_ratio, 0.9, 'cold/raw', 'cold/ckptstore')} |",
+        f"| cold restore | {med['cold/ckptstore']:.2f} s = {tp('cold/ckptstore')} | best raw reader {med[cold_base]:.2f} s "
+        f"= {tp(cold_base)}{cold_readers} | {show(cold_r)} | ≥ 0.9× | "
+        f"{ok_runs(cold_ratio, 0.9, cold_base, 'cold/ckptstore')} |",
         f"| extra memory, save | {rss['save/ckptstore'] / n:.3f}× model ({rss['save/ckptstore'] / 2**20:.0f} MiB peak) "
         f"| raw {rss['save/raw'] / n:.3f}× | | ≤ 0.05× | {ok(rss['save/ckptstore'] / n <= 0.05)} |",
         f"| extra memory, restore (arrays included) | {max(rss['warm/ckptstore'], rss['cold/ckptstore']) / n:.3f}× "
@@ -609,7 +627,7 @@ def _per_run(r: dict[str, Any]) -> list[str]:
         return []
     scale = r["small_nbytes"] / r["nbytes"]
     rows = [("save", "save/raw", "save/ckptstore", 1.0), ("warm restore", "warm/raw", "warm/ckptstore", 1.0),
-            ("cold restore", "cold/raw", "cold/ckptstore", 1.0),
+            ("cold restore", "cold/raw-best" if "cold/raw-best" in r["series"] else "cold/raw", "cold/ckptstore", 1.0),
             ("small save", "save/ckptstore", "save/small", scale),
             ("small warm", "warm/ckptstore", "warm/small", scale),
             ("small cold", "cold/ckptstore", "cold/small", scale)]

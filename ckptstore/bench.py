@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from ckptstore.format import DEFAULT_MAX_SHARD_SIZE, LayoutPlan, plan_layout
+from ckptstore.format import ALIGN, DEFAULT_MAX_SHARD_SIZE, LayoutPlan, plan_layout
 from ckptstore.manager import CheckpointStore, __version__
 from ckptstore.storage.interface import Storage
 from ckptstore.storage.registry import open_storage, split_scheme
@@ -380,26 +380,35 @@ class RawBaseline:
             got = self.fs.cat(paths, batch_size=workers)
             return [got[p] for p in paths]
 
-        def read(index: int) -> np.ndarray:
-            buf = empty_aligned((self.sizes[index],), np.dtype(np.uint8))
-            view = memoryview(buf)
-            if self.storage is not None:
-                self.storage.read_into(f"file-{index:05d}.bin", 0, view)
-                return buf
-            assert self.local_root is not None
-            fd = os.open(self.local_root / f"file-{index:05d}.bin", os.O_RDONLY)
-            try:
-                done = 0
-                while done < len(view):
-                    n = os.preadv(fd, [view[done:]], done)
-                    if n == 0:
-                        raise OSError(f"{self.local_root}/file-{index:05d}.bin: short read")
-                    done += n
-            finally:
-                os.close(fd)
-            return buf
+        # Each file into one page-aligned buffer. On local disk, with more workers than files, each file
+        # is read as equal page-aligned ranges, so every worker has one long sequential read (a remote
+        # backend splits one call into concurrent ranged GETs itself).
+        bufs = [empty_aligned((size,), np.dtype(np.uint8)) for size in self.sizes]
+        per_file = max(1, workers // max(1, len(self.sizes))) if self.local_root is not None else 1
+        tasks = []
+        for index, size in enumerate(self.sizes):
+            step = max(ALIGN, -(-size // per_file // ALIGN) * ALIGN)
+            for start in range(0, size, step) if size else [0]:
+                view = memoryview(bufs[index])[start : start + step]
+                tasks.append(lambda i=index, s=start, v=view: self._read_range(i, s, v))
+        _parallel(tasks, workers)
+        return bufs
 
-        return _parallel([lambda i=i: read(i) for i in range(len(self.sizes))], workers)
+    def _read_range(self, index: int, start: int, view: memoryview) -> None:
+        if self.storage is not None:
+            self.storage.read_into(f"file-{index:05d}.bin", start, view)
+            return
+        assert self.local_root is not None
+        fd = os.open(self.local_root / f"file-{index:05d}.bin", os.O_RDONLY)
+        try:
+            done = 0
+            while done < len(view):
+                n = os.preadv(fd, [view[done:]], start + done)
+                if n == 0:
+                    raise OSError(f"{self.local_root}/file-{index:05d}.bin: short read")
+                done += n
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         self._blobs = []
@@ -680,12 +689,13 @@ def _repetition(
     raw = RawBaseline(_join(rep_url, "raw"), options, config.baseline)
     try:
         workers = store.workers
+        read_workers = store.read_workers
         plan = store_plan(store, model)
         raw.prepare(model, plan)
         actions: dict[str, dict[str, Callable[[], Any]]] = {
             "save": {"ckptstore": lambda: store.save(0, model), "raw": lambda: raw.save(model, plan, workers)},
             "restore": {"ckptstore": lambda: store.restore(0, verify=config.verify),
-                        "raw": lambda: raw.restore(workers)},
+                        "raw": lambda: raw.restore(read_workers)},
         }
         # Alternate who goes first, so a drifting machine favours neither.
         order = IMPLEMENTATIONS if rep % 2 == 0 else IMPLEMENTATIONS[::-1]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ckptstore.errors import AlreadyExists, NotFound, PreconditionFailed, StorageError, Unsupported
@@ -298,6 +298,14 @@ class FaultInjectingStorage:
     def read_into(self, key: str, offset: int, out: memoryview) -> None:
         self._check("read_into", key)
         self.inner.read_into(key, offset, out)
+
+    def read_pieces(self, key: str, offset: int, out: memoryview, piece_size: int = 0) -> Iterator[memoryview]:
+        # Each piece is a read_into call of this wrapper, so faults apply to (and calls record) every piece.
+        step = piece_size or getattr(self.inner, "read_piece_size", 0) or len(out) or 1
+        for i in range(0, len(out), step):
+            piece = out[i : i + step]
+            self.read_into(key, offset + i, piece)
+            yield piece
 
     def put(self, key: str, data: Buffer | Iterable[Buffer], mode: PutMode = "overwrite") -> ObjectInfo:
         if self._check("put", key):

@@ -484,3 +484,62 @@ def test_restore_plans_a_whole_table_like_its_entries(tmp_path: Path) -> None:
                                                   workers=2)):
         with pytest.raises(ChecksumError, match="small/117"):
             restore()
+
+
+class ConcurrencyProbe(FaultInjectingStorage):
+    """Counts how many reads are in flight at once; each read waits a little so overlaps are certain."""
+
+    def __init__(self, inner: Any):
+        super().__init__(inner)
+        self.active = 0
+        self.most = 0
+        self._count = threading.Lock()
+
+    def read_into(self, key: str, offset: int, out: memoryview) -> None:
+        with self._count:
+            self.active += 1
+            self.most = max(self.most, self.active)
+        try:
+            time.sleep(0.05)
+            super().read_into(key, offset, out)
+        finally:
+            with self._count:
+                self.active -= 1
+
+
+def test_restores_read_with_read_workers_and_writes_use_workers(tmp_path: Path) -> None:
+    local = LocalStorage(tmp_path / "s")
+    assert local.read_workers >= 4 and local.read_workers >= local.io_workers
+    defaults = CheckpointStore(storage=local)
+    assert (defaults.workers, defaults.read_workers) == (local.io_workers, local.read_workers)
+    assert CheckpointStore(storage=local, workers=3).read_workers == 3  # an explicit workers= limits both
+    assert CheckpointStore(storage=MemoryStorage("rw-default")).read_workers == MemoryStorage.io_workers
+    for bad in (0, -1, 2.0, "4"):
+        with pytest.raises(ValueError, match="read_workers must be an integer of at least 1"):
+            CheckpointStore(storage=local, read_workers=bad)
+
+    state = {f"t{i}": np.full(300_000, i, np.float32) for i in range(8)}  # 8 large (1.2 MB) tensors
+    probe = ConcurrencyProbe(LocalStorage(tmp_path / "p"))
+    store = CheckpointStore(storage=probe, workers=2, read_workers=5)
+    store.save(1, state)
+    assert len(store.manifest(1).shards) == 2  # the layout follows workers=, not read_workers=
+    probe.most = 0
+    restored = store.restore(1)
+    assert probe.most == 5
+    for name, value in state.items():
+        np.testing.assert_array_equal(restored[name], value)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 4, 7])
+def test_raw_baseline_reads_each_file_in_ranges_when_workers_outnumber_files(tmp_path: Path, workers: int) -> None:
+    from ckptstore.bench import RawBaseline
+
+    rng = np.random.default_rng(workers)
+    model = {"a": rng.random(300_001, dtype=np.float32), "b": rng.random(123_457, dtype=np.float32)}
+    plan = plan_layout([(n, a.nbytes) for n, a in model.items()], target_shard_size=1_000_000)
+    assert len(plan.shards) == 2
+    raw = RawBaseline(str(tmp_path / "raw"))
+    raw.save(model, plan, 2)
+    got = raw.restore(workers)
+    expected = [b"".join(model[pc.name].tobytes()[pc.start : pc.start + pc.nbytes] for pc in shard) for shard in plan.shards]
+    assert [bytes(g) for g in got] == expected

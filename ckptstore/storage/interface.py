@@ -113,6 +113,8 @@ class StorageBase:
     capabilities: Capabilities
     io_workers: int = 8  # remote stores hide latency behind concurrency
     read_piece_size: int = 0  # remote stores split a big range into concurrent GETs themselves
+    # How many reads a restore runs at once; optional, ``io_workers`` when absent or None.
+    read_workers: int | None = None
     # Whether restores may allocate their destination arrays with transparent huge pages (see
     # ``ckptstore.transfer.empty_aligned``); optional, True when absent.
     huge_page_destinations: bool = True

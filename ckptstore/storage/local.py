@@ -47,6 +47,9 @@ class LocalStorage(StorageBase):
 
     # Two streams saturate this class of disk (one fsync'd stream does not); more threads only contend.
     io_workers = max(2, min(4, os.cpu_count() or 2))
+    # Reads are another matter: with 4 requests in flight a virtual disk's cold reads ran 1.4x faster
+    # than with 2 (8 no faster than 4), and cached reads lost nothing on 2 cores.
+    read_workers = max(4, io_workers)
     # Reads in 8 MiB pieces, each checksummed right after it lands, while it is still in cache.
     read_piece_size = 8 << 20
 
