@@ -293,6 +293,36 @@ _BACKEND_ONLY_OPTIONS = frozenset(
 )
 
 
+def read_local_files(paths: Sequence[str | os.PathLike[str]], workers: int) -> list[np.ndarray]:
+    """The raw local reader: each file into one page-aligned buffer, one ``preadv`` per range. With more
+    workers than files, each file is read as equal page-aligned ranges, so every worker has one long
+    sequential read."""
+    sizes = [os.path.getsize(p) for p in paths]
+    bufs = [empty_aligned((size,), np.dtype(np.uint8)) for size in sizes]
+    per_file = max(1, workers // max(1, len(paths)))
+    tasks = []
+    for path, size, buf in zip(paths, sizes, bufs, strict=True):
+        step = max(ALIGN, -(-size // per_file // ALIGN) * ALIGN)
+        view = memoryview(buf)
+        for start in range(0, size, step):
+            tasks.append(lambda p=path, s=start, v=view[start : start + step]: _pread_all(p, s, v))
+    _parallel(tasks, workers)
+    return bufs
+
+
+def _pread_all(path: str | os.PathLike[str], start: int, view: memoryview) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        done = 0
+        while done < len(view):
+            n = os.preadv(fd, [view[done:]], start + done)
+            if n == 0:
+                raise OSError(f"{path}: short read at {start + done}")
+            done += n
+    finally:
+        os.close(fd)
+
+
 class RawBaseline:
     """Plain writes of a layout plan's bytes (no padding, no checksums, no manifest) and aligned reads.
 
@@ -380,35 +410,15 @@ class RawBaseline:
             got = self.fs.cat(paths, batch_size=workers)
             return [got[p] for p in paths]
 
-        # Each file into one page-aligned buffer. On local disk, with more workers than files, each file
-        # is read as equal page-aligned ranges, so every worker has one long sequential read (a remote
-        # backend splits one call into concurrent ranged GETs itself).
+        if self.storage is None:
+            assert self.local_root is not None
+            return read_local_files([self.local_root / f"file-{i:05d}.bin" for i in range(len(self.sizes))], workers)
+        # A remote backend splits one call into concurrent ranged GETs itself: one call per file.
         bufs = [empty_aligned((size,), np.dtype(np.uint8)) for size in self.sizes]
-        per_file = max(1, workers // max(1, len(self.sizes))) if self.local_root is not None else 1
-        tasks = []
-        for index, size in enumerate(self.sizes):
-            step = max(ALIGN, -(-size // per_file // ALIGN) * ALIGN)
-            for start in range(0, size, step) if size else [0]:
-                view = memoryview(bufs[index])[start : start + step]
-                tasks.append(lambda i=index, s=start, v=view: self._read_range(i, s, v))
-        _parallel(tasks, workers)
+        storage = self.storage
+        _parallel([lambda i=i, b=b: storage.read_into(f"file-{i:05d}.bin", 0, memoryview(b)) for i, b in enumerate(bufs)],
+                  workers)
         return bufs
-
-    def _read_range(self, index: int, start: int, view: memoryview) -> None:
-        if self.storage is not None:
-            self.storage.read_into(f"file-{index:05d}.bin", start, view)
-            return
-        assert self.local_root is not None
-        fd = os.open(self.local_root / f"file-{index:05d}.bin", os.O_RDONLY)
-        try:
-            done = 0
-            while done < len(view):
-                n = os.preadv(fd, [view[done:]], start + done)
-                if n == 0:
-                    raise OSError(f"{self.local_root}/file-{index:05d}.bin: short read")
-                done += n
-        finally:
-            os.close(fd)
 
     def close(self) -> None:
         self._blobs = []
