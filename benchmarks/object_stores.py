@@ -1,9 +1,9 @@
 """ckptstore on object stores next to the raw fsspec client: save and restore through SeaweedFS (S3) and
 fake-gcs-server (GCS), against a plain s3fs / gcsfs put and get of the same bytes, in the same run.
 
-What is compared. ckptstore: ``CheckpointStore(url).save(0, model)`` (shards, crc32c per chunk, the
+What is compared. ckptstore: ``CheckpointStore(url).save(0, model)`` (shards, a checksum per chunk, the
 manifest committed create-only, LATEST advanced by compare-and-swap) and ``restore(0)`` (verifying every
-crc32c, into freshly allocated arrays). Raw: the very shard files that save writes (same layout, same
+checksum, into freshly allocated arrays). Raw: the very shard files that save writes (same layout, same
 bytes, prepared in memory before the clock starts), written with ``fs.pipe({path: bytes}, batch_size=W)``
 and read back with ``fs.cat(paths, batch_size=W)`` — the fsspec client doing one request per object, W
 objects in flight, W being ckptstore's worker count (the same concurrency). Raw is a ceiling: no
@@ -312,9 +312,9 @@ def report(targets: list[Target], nbytes: int, sizes: list[int], workers: int, r
         "",
         "ckptstore/raw = the median over repetitions of raw seconds / ckptstore seconds, each pair measured back to back (1.00× = as fast as the raw client); the ratio of the medians is shown next to it.",
         "",
-        "- **ckptstore save** = `CheckpointStore(url, workers=W).save(0, model)`: shards, crc32c per chunk, "
+        "- **ckptstore save** = `CheckpointStore(url, workers=W).save(0, model)`: shards, XXH3-64 per chunk, "
         "manifest put create-only (S3 `If-None-Match: *`, GCS `ifGenerationMatch=0`), LATEST by "
-        "compare-and-swap. **restore** = `restore(0)` verifying every crc32c into fresh arrays.",
+        "compare-and-swap. **restore** = `restore(0)` verifying every chunk checksum into fresh arrays.",
         "- **raw save** = `fs.pipe({path: shard_bytes}, batch_size=W)` of the same shard files (bytes prepared "
         "before the clock starts); **raw restore** = `fs.cat(paths, batch_size=W)`. s3fs: one `PutObject` / "
         "`GetObject` per shard (its multipart threshold is 2 × 50 MiB); gcsfs: one multipart upload / one GET "

@@ -10,7 +10,7 @@ implementation in turn, in an order rotated per repetition (interleaved, so a bu
 machine hurts everyone alike): save into a fresh directory and fsync every file it wrote (the time counts:
 a checkpoint that is not on disk is not a checkpoint), evict the files from the page cache with
 posix_fadvise, restore (cold), restore again (warm), delete. Restores return arrays in memory (torch
-tensors for the torch peers); ckptstore verifies its crc32c on every restore, as in production.
+tensors for the torch peers); ckptstore verifies its chunk checksums on every restore, as in production.
 
 Usage (see benchmarks/README.md; results go to benchmarks/results/):
 
@@ -116,7 +116,7 @@ def make_peers(model: Mapping[str, np.ndarray], workers: int, options: Mapping[s
         return async_stores[where].save(n, m, blocking=False).result
 
     if want("ckptstore"):
-        peers.append(Peer("ckptstore", ck_save, ck_restore, f"{workers} threads, crc32c verified", remote=True,
+        peers.append(Peer("ckptstore", ck_save, ck_restore, f"{workers} threads, checksums verified", remote=True,
                           save_async=ck_async, async_note="save(blocking=False); staging memory reused"))
 
     # -- raw (best) -----------------------------------------------------------------------------

@@ -190,7 +190,7 @@ def v1_document(manifest: Manifest) -> dict[str, Any]:
         "library": manifest.library, "shards": dict(manifest.shards),
         "tensors": {
             name: {"dtype": t.dtype, "shape": list(t.shape),
-                   "chunks": [[c.shard, c.offset, c.nbytes, c.crc32c] for c in t.chunks]}
+                   "chunks": [[c.shard, c.offset, c.nbytes, c.checksum] for c in t.chunks]}
             for name, t in manifest.tensors.items()
         },
         "scalars": dict(manifest.scalars), "metadata": dict(manifest.metadata),
@@ -488,7 +488,7 @@ def report(r: dict[str, Any], command: str, env: dict[str, Any]) -> str:
         f"Large model: {n / 2**30:.2f} GiB float32 in {r['num_tensors']} tensors ({r['describe']}), "
         f"{r['shards']} shards, 2 workers. Many-small model: {len(sizes)} tensors, {ns / 2**30:.2f} GiB, "
         f"{sizes[0] / 1024:.0f} KiB – {sizes[-1] / 1024:.0f} KiB (median {sizes[len(sizes) // 2] / 1024:.0f} KiB), "
-        "log-uniform. Checksums on (crc32c computed on save, verified on every restore).",
+        "log-uniform. Checksums on (XXH3-64, the default since format 3.0, computed on save and verified on every restore).",
         "",
         "Ratios are ckptstore's throughput over the baseline's: the median of the per-repetition ratios (each "
         "pair measured back to back, so drift cancels) — the verdict — then the ratio of the medians and of the "

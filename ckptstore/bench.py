@@ -444,7 +444,7 @@ class BenchConfig:
         workers: parallel storage calls for both ckptstore and the raw baseline (default: the backend's).
         repeat: repetitions; results report median, min and max.
         cold: how to drop caches before cold restores (``COLD_METHODS``).
-        verify: ckptstore checks crc32c on restore (the default, as in production).
+        verify: ckptstore checks chunk checksums on restore (the default, as in production).
         storage_options: backend options (endpoint_url, key, secret ...).
         keep: leave the written files in place afterwards.
         seed: seed of the synthetic model.
@@ -851,7 +851,7 @@ def format_report(result: BenchResult) -> str:
         lines.append("background save: how long save(blocking=False) holds the caller once its staging memory "
                      "exists; raw = one copy of the model into allocated memory on as many threads.")
     if result.config.verify:
-        lines.append("ckptstore restores verify every crc32c (as in production).")
+        lines.append("ckptstore restores verify every chunk checksum (as in production).")
     if result.kept:
         lines.append(f"files kept under {result.url}")
     return "\n".join(lines)

@@ -291,6 +291,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         _print_json({
             "url": target.url, "step": m.step, "latest": latest is not None and latest.step == m.step,
             "time": m.created, "library": m.library, "nbytes": m.nbytes, "shards": dict(m.shards),
+            "format": f"{m.major}.{m.minor}", "checksum": m.checksum,
             "tensors": {n: {"dtype": e.dtype, "shape": list(e.shape), "nbytes": e.nbytes, "chunks": len(e.chunks)}
                         for n, e in tensors},
             "scalars": dict(m.scalars), "metadata": dict(m.metadata),
@@ -299,7 +300,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     tensor_bytes = sum(e.nbytes for e in m.tensors.values())
     head = [
         ["checkpoint", f"{target.url}@{m.step}" + ("  (LATEST)" if latest and latest.step == m.step else "")],
-        ["saved", f"{_when(m.created)} by ckptstore {m.library}"],
+        ["saved", f"{_when(m.created)} by ckptstore {m.library} (format {m.major}.{m.minor}, {m.checksum} checksums)"],
         ["size", f"{format_size(m.nbytes)} in {len(m.shards)} shard(s); "
                  f"{len(m.tensors)} tensor(s) ({format_size(tensor_bytes)}), {len(m.scalars)} scalar(s)"],
     ]
@@ -338,7 +339,7 @@ def _batches(entries: Iterable[tuple[str, TensorEntry]], budget: int) -> list[li
 
 
 def verify_step(store: CheckpointStore, step: int | None) -> tuple[Manifest | None, list[str]]:
-    """Read every tensor of one checkpoint, checking every crc32c; return its manifest and every problem."""
+    """Read every tensor of one checkpoint, checking every checksum; return its manifest and every problem."""
     try:
         m = store.manifest(step)
     except (FormatError, NotFound) as e:
@@ -421,9 +422,9 @@ def _same_data(a: Manifest, b: Manifest, name: str) -> bool | None:
     if name in a.scalars:
         return a.scalars[name] == b.scalars[name]
     ca, cb = a.tensors[name].chunks, b.tensors[name].chunks
-    if [c.nbytes for c in ca] != [c.nbytes for c in cb]:
+    if [c.nbytes for c in ca] != [c.nbytes for c in cb] or a.checksum != b.checksum:
         return None
-    return all(x.crc32c == y.crc32c for x, y in zip(ca, cb, strict=True))
+    return all(x.checksum == y.checksum for x, y in zip(ca, cb, strict=True))
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -515,7 +516,7 @@ def cmd_cp(args: argparse.Namespace) -> int:
         for step in steps:
             t0 = time.perf_counter()
             m = src.manifest(step)
-            # restore checks every crc32c of the source; save writes under the full commit protocol.
+            # restore checks every checksum of the source; save writes under the full commit protocol.
             state = src.restore(m.step, verify=True)
             t1 = time.perf_counter()
             dst.save(m.step, state, metadata=dict(m.metadata), overwrite=args.overwrite)
@@ -671,7 +672,7 @@ examples:
   ckptstore verify /tmp/model_dir@200
   ckptstore verify s3://bucket/run7 --all     every committed checkpoint, and LATEST
 
-Reads every byte and checks every crc32c; exits 1 naming each damaged tensor, missing or truncated
+Reads every byte and checks every checksum; exits 1 naming each damaged tensor, missing or truncated
 shard and unreadable manifest or LATEST.""",
     "diff": """\
 examples:
@@ -712,7 +713,7 @@ examples:
   ckptstore cp s3://bucket/run7@200 gs://other/run7 --dst-option token=anon
   ckptstore cp /tmp/model_dir /mnt/backup/model_dir --all
 
-Reads the source checkpoint (checking every crc32c), commits it at the destination with the normal
+Reads the source checkpoint (checking every checksum), commits it at the destination with the normal
 protocol (same step and metadata; shards first, manifest last, LATEST advanced), then reads the copy
 back and checks it (--no-verify skips that).""",
 }
@@ -759,7 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cold", choices=bench.COLD_METHODS, default="auto",
                    help="how to drop the page cache before cold restores: auto (posix_fadvise), fadvise, "
                         "drop-caches (root; affects the whole machine), off")
-    p.add_argument("--no-verify", action="store_true", help="restore without checking crc32c")
+    p.add_argument("--no-verify", action="store_true", help="restore without checking checksums")
     p.add_argument("--baseline", choices=bench.BASELINES, default="backend",
                    help="raw baseline on a non-local URL: backend (ckptstore's own backend calls without "
                         "checksums or commit; default) or fsspec (the plain s3fs/gcsfs/... client)")

@@ -231,7 +231,7 @@ def save(
     prefix = step_dir(step)
     written: dict[str, Any]
     try:
-        written = _write(store, prefix, attempt, mine)
+        written = _write(store, prefix, attempt, mine, decision["checksum"])
     except Exception as e:
         written, local = {"error": _describe(e)}, e
     results = coordinator.all_gather(written, f"{tag}/written")
@@ -244,7 +244,7 @@ def save(
             outcome = {"error": failed, "cleanup": True}
         else:
             try:
-                outcome = _commit(store, step, plans, results, overwrite)
+                outcome = _commit(store, step, plans, results, overwrite, decision["checksum"])
             except Exception as e:
                 # The manifest put may have landed before the error surfaced: keep the shards (GC has them).
                 outcome, local = {"error": {0: _describe(e)}, "cleanup": False}, e
@@ -317,11 +317,12 @@ def _decide(store: CheckpointStore, step: int, plans: list[Any], overwrite: bool
             pass
         else:
             raise CommitError(f"{storage.url}: step {step} is already committed; pass overwrite=True to replace it")
-    return {"error": None, "attempt": commit.new_attempt_id(), "owners": owners}
+    # One manifest names one checksum algorithm: rank 0's, whatever the other ranks' stores say.
+    return {"error": None, "attempt": commit.new_attempt_id(), "owners": owners, "checksum": store.checksum}
 
 
-def _write(store: CheckpointStore, prefix: str, attempt: str, arrays: Mapping[str, Any]) -> dict[str, Any]:
-    """Write this rank's arrays; return its chunk table as plain data."""
+def _write(store: CheckpointStore, prefix: str, attempt: str, arrays: Mapping[str, Any], checksum: str) -> dict[str, Any]:
+    """Write this rank's arrays (checksummed with ``checksum``); return its chunk table as plain data."""
     if not arrays:
         return {"error": None, "tensors": {}, "shards": {}}
     total = sum(a.nbytes for a in arrays.values())
@@ -331,14 +332,16 @@ def _write(store: CheckpointStore, prefix: str, attempt: str, arrays: Mapping[st
         max_shard_size=store.max_shard_size,
         chunk_size=store.chunk_size,
     )
-    written = transfer.write_shards(store.storage, prefix, attempt, arrays, layout, store.workers)
+    written = transfer.write_shards(store.storage, prefix, attempt, arrays, layout, store.workers, checksum=checksum)
     tensors = {
-        name: [[c.shard, c.offset, c.nbytes, c.crc32c] for c in chunks] for name, chunks in written.chunks.items()
+        name: [[c.shard, c.offset, c.nbytes, c.checksum] for c in chunks] for name, chunks in written.chunks.items()
     }
     return {"error": None, "tensors": tensors, "shards": dict(written.shard_sizes)}
 
 
-def _commit(store: CheckpointStore, step: int, plans: list[Any], results: list[Any], overwrite: bool) -> dict[str, Any]:
+def _commit(
+    store: CheckpointStore, step: int, plans: list[Any], results: list[Any], overwrite: bool, checksum: str
+) -> dict[str, Any]:
     """Rank 0: one manifest naming every rank's chunks (the commit), then LATEST."""
     shards: dict[str, int] = {}
     tensors: dict[str, TensorEntry] = {}
@@ -362,6 +365,7 @@ def _commit(store: CheckpointStore, step: int, plans: list[Any], results: list[A
         tensors=tensors,
         scalars=scalars,
         metadata=plans[0]["metadata"],
+        checksum=checksum,
     )
     commit.commit_manifest(store.storage, manifest, overwrite=overwrite)
     pointer = commit.advance_latest(store.storage, commit.latest_from_manifest(manifest))

@@ -10,14 +10,16 @@ Why these choices:
   ``chunk_size`` bytes long with chunk boundaries at 4096-byte multiples of the tensor, so a restore can
   read a file page straight into a page-aligned array (numpy's default allocation sits 16 bytes past a
   page and copies 2–3x slower).
-- One crc32c per chunk (the checksum GCS and S3 report) lets chunks be written, read and verified in
-  parallel without a combine step.
+- One checksum per chunk lets chunks be written, read and verified in parallel without a combine step.
+  Since 3.0 the manifest names the algorithm (``ckptstore.checksum``): XXH3-64 by default, or crc32c
+  (the only one before 3.0). The manifest's own seal is crc32c.
 - Plain msgpack maps/lists/str/int/float/bytes only; ext types are refused at decode time and pickle is
   never involved, so a checkpoint from a stranger is data, not code.
 - Since 2.0 the manifest holds the tensors as columns (names, a dtype table, and little-endian binaries
   of ndim, dims, chunk counts and 24-byte chunk records), validated with numpy and turned into
   ``TensorEntry`` objects only on demand: a 10k-tensor manifest encodes and decodes in a few ms instead
-  of building and checking 20k objects. 1.x manifests (a map per tensor) are still read.
+  of building and checking 20k objects. 3.0 is 2.0 with a named checksum algorithm and 64-bit chunk
+  checksums (28-byte records). 1.x and 2.x manifests are still read.
 """
 
 from __future__ import annotations
@@ -36,14 +38,15 @@ import crc32c as _crc32c
 import msgpack
 import numpy as np
 
+from ckptstore import checksum as _checksum
 from ckptstore.errors import FormatError
 
 FORMAT_NAME = "ckptstore"
 LATEST_NAME = "ckptstore-latest"
-FORMAT_MAJOR = 2  # what writers write; readers also read READ_MAJORS
+FORMAT_MAJOR = 3  # what writers write; readers also read READ_MAJORS
 FORMAT_MINOR = 0
-READ_MAJORS = (1, 2)
-LATEST_MAJOR = 1  # the LATEST pointer did not change with manifest 2.0
+READ_MAJORS = (1, 2, 3)
+LATEST_MAJOR = 1  # the LATEST pointer did not change with manifests 2.0 and 3.0
 LATEST_MINOR = 0
 ALIGN = 4096
 DEFAULT_CHUNK_SIZE = 64 << 20
@@ -143,7 +146,7 @@ class Chunk:
     shard: str
     offset: int
     nbytes: int
-    crc32c: int
+    checksum: int  # of the manifest's algorithm (Manifest.checksum)
 
 
 @dataclass(frozen=True)
@@ -159,9 +162,12 @@ class TensorEntry:
         return sum(c.nbytes for c in self.chunks)
 
 
-# One chunk of a 2.0 manifest's "chunks" column: shard index, offset, nbytes, crc32c; packed, little-endian.
-CHUNK_RECORD = np.dtype([("shard", "<u4"), ("offset", "<u8"), ("nbytes", "<u8"), ("crc32c", "<u4")])
-assert CHUNK_RECORD.itemsize == 24
+# One chunk of a 3.0 manifest's "chunks" column: shard index, offset, nbytes, checksum; packed, little-endian.
+CHUNK_RECORD = np.dtype([("shard", "<u4"), ("offset", "<u8"), ("nbytes", "<u8"), ("checksum", "<u8")])
+assert CHUNK_RECORD.itemsize == 28
+# The same in a 2.x manifest: a 32-bit crc32c (decoded into CHUNK_RECORDs).
+CHUNK_RECORD_V2 = np.dtype([("shard", "<u4"), ("offset", "<u8"), ("nbytes", "<u8"), ("checksum", "<u4")])
+assert CHUNK_RECORD_V2.itemsize == 24
 
 
 class TensorTable(Mapping[str, TensorEntry]):
@@ -212,7 +218,7 @@ class TensorTable(Mapping[str, TensorEntry]):
         shard: np.ndarray,
         offset: np.ndarray,
         nbytes: np.ndarray,
-        crc32c: np.ndarray,
+        checksum: np.ndarray,
         shard_names: Sequence[str],
     ) -> TensorTable:
         """A table from per-tensor (dtype name, shape) and per-chunk columns in tensor order (a save's)."""
@@ -224,7 +230,7 @@ class TensorTable(Mapping[str, TensorEntry]):
         records["shard"] = shard
         records["offset"] = offset
         records["nbytes"] = nbytes
-        records["crc32c"] = crc32c
+        records["checksum"] = checksum
         return cls(names, list(dtype_index), dtype, ndim, dims, np.asarray(nchunks, "<u4"), records, shard_names)
 
     @classmethod
@@ -249,10 +255,10 @@ class TensorTable(Mapping[str, TensorEntry]):
                 shard.append(position[c.shard])
                 offset.append(c.offset)
                 nbytes.append(c.nbytes)
-                crc.append(c.crc32c)
+                crc.append(c.checksum)
         return cls.from_columns(
             list(entries), specs, np.array(nchunks, "<u4"), np.array(shard, "<u4"), np.array(offset, "<u8"),
-            np.array(nbytes, "<u8"), np.array(crc, "<u4"), shard_names,
+            np.array(nbytes, "<u8"), np.array(crc, "<u8"), shard_names,
         )
 
     def __len__(self) -> int:
@@ -272,12 +278,12 @@ class TensorTable(Mapping[str, TensorEntry]):
         if stop - first == 1:  # the common case, without a loop
             chunks: tuple[Chunk, ...] = (_frozen(Chunk, {
                 "shard": shard_names[shard[first]], "offset": offset[first], "nbytes": nbytes[first],
-                "crc32c": crc[first],
+                "checksum": crc[first],
             }),)
         else:
             chunks = tuple([
                 _frozen(Chunk, {"shard": shard_names[shard[j]], "offset": offset[j], "nbytes": nbytes[j],
-                                "crc32c": crc[j]})
+                                "checksum": crc[j]})
                 for j in range(first, stop)
             ])
         return _frozen(TensorEntry, {
@@ -304,7 +310,7 @@ class TensorTable(Mapping[str, TensorEntry]):
                 for j in range(chunk_start[i], chunk_start[i + 1]):
                     c = new(Chunk)
                     set_dict(c, "__dict__", {"shard": shard_names[shard[j]], "offset": offset[j],
-                                             "nbytes": nbytes[j], "crc32c": crc[j]})
+                                             "nbytes": nbytes[j], "checksum": crc[j]})
                     chunks.append(c)
                 e = new(TensorEntry)
                 set_dict(e, "__dict__", {"dtype": dtypes[dtype[i]], "shape": tuple(dims[dim_start[i] : dim_start[i + 1]]),
@@ -323,7 +329,7 @@ class TensorTable(Mapping[str, TensorEntry]):
 
     def small_and_large(self, limit: int) -> tuple[list[tuple[str, str, int, int, int, str, tuple[int, ...]]], list[str]]:
         """Split the tensors for a restore without building entries: ``(small, large)`` where ``small``
-        lists ``(name, shard, offset, nbytes, crc32c, dtype, shape)`` of every tensor held in one chunk of
+        lists ``(name, shard, offset, nbytes, checksum, dtype, shape)`` of every tensor held in one chunk of
         1 to ``limit - 1`` bytes, and ``large`` names the rest (read through ``table[name]``)."""
         dtype, dim_start, dims, chunk_start, shard, offset, nbytes, crc = self._columns()
         dtypes, shard_names = self._dtypes, self._shard_names
@@ -358,12 +364,12 @@ class TensorTable(Mapping[str, TensorEntry]):
                 records["shard"].tolist(),
                 records["offset"].tolist(),
                 records["nbytes"].tolist(),
-                records["crc32c"].tolist(),
+                records["checksum"].tolist(),
             )
         return lists
 
     def encoded_columns(self, shard_names: Sequence[str]) -> dict[str, Any]:
-        """The 2.0 manifest fields for these tensors, with chunks indexing ``shard_names``."""
+        """The 3.0 manifest fields for these tensors, with chunks indexing ``shard_names``."""
         records = self._chunks
         if tuple(shard_names) != self._shard_names:
             position = {name: i for i, name in enumerate(shard_names)}
@@ -418,7 +424,8 @@ class Manifest:
     """Everything a restore needs to know about one committed checkpoint.
 
     ``tensors`` is any ``Mapping[str, TensorEntry]``: a plain dict, or the ``TensorTable`` a save builds
-    and a 2.0 manifest decodes to. ``major``/``minor`` are the version the manifest was read as.
+    and a 2.0 or 3.0 manifest decodes to. ``major``/``minor`` are the version the manifest was read as;
+    ``checksum`` the algorithm of the chunks' checksums (``ckptstore.checksum``; crc32c before 3.0).
     """
 
     step: int
@@ -430,6 +437,7 @@ class Manifest:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     minor: int = FORMAT_MINOR
     major: int = field(default=FORMAT_MAJOR, compare=False)
+    checksum: str = _checksum.DEFAULT
 
     @property
     def nbytes(self) -> int:
@@ -568,7 +576,11 @@ def pack(obj: Any, what: str) -> bytes:
 
 
 def encode_manifest(m: Manifest) -> bytes:
-    """The 2.0 encoding of ``m`` (sealed). Its tensors may be a dict of entries or a ``TensorTable``."""
+    """The 3.0 encoding of ``m`` (sealed). Its tensors may be a dict of entries or a ``TensorTable``."""
+    try:
+        _checksum.check_algorithm(m.checksum)
+    except ValueError as e:
+        raise ValueError(f"manifest of step {m.step} cannot be encoded: {e}") from None
     shard_names = list(m.shards)
     try:
         columns = TensorTable.from_entries(m.tensors, shard_names).encoded_columns(shard_names)
@@ -581,6 +593,7 @@ def encode_manifest(m: Manifest) -> bytes:
         "created": m.created,
         "library": m.library,
         "shards": [[name, size] for name, size in m.shards.items()],
+        "checksum": m.checksum,
         **columns,
         "scalars": dict(m.scalars),
         "metadata": dict(m.metadata),
@@ -678,7 +691,7 @@ def _check_version(doc: Mapping[str, Any], name: str, where: str, majors: tuple[
     if not (isinstance(version, list) and len(version) == 2 and all(type(v) is int for v in version)):
         raise FormatError(f"{where}: malformed version {version!r}")
     if version[0] not in majors:
-        readable = " and ".join(map(str, majors))
+        readable = " and ".join([", ".join(map(str, majors[:-1])), str(majors[-1])] if len(majors) > 1 else [str(majors[0])])
         raise FormatError(
             f"{where}: format version {version[0]}.{version[1]} is not supported "
             f"(this ckptstore reads major version{'s' if len(majors) > 1 else ''} {readable}); upgrade ckptstore"
@@ -784,7 +797,7 @@ def _fast_tensor_entry(name: Any, entry: Any, shards: Mapping[str, int]) -> Tens
             or offset + nbytes > size
         ):
             return None
-        chunks.append(_frozen(Chunk, {"shard": shard, "offset": offset, "nbytes": nbytes, "crc32c": crc}))
+        chunks.append(_frozen(Chunk, {"shard": shard, "offset": offset, "nbytes": nbytes, "checksum": crc}))
         pos += nbytes
     if pos != expected:
         return None
@@ -806,9 +819,19 @@ def _decode_manifest(data: bytes, where: str) -> Manifest:
     created = _field(doc, "created", (int, float), where)
     library = _field(doc, "library", str, where)
     if major == 1:
+        algorithm = _checksum.CRC32C
         shards, tensors = _decode_tensors_v1(doc, where)
     else:
-        shards, tensors = _decode_tensors_v2(doc, where)
+        if major == 2:
+            algorithm = _checksum.CRC32C
+        else:
+            algorithm = _field(doc, "checksum", str, where)
+            if algorithm not in _checksum.ALGORITHMS:
+                raise FormatError(
+                    f"{where}: unknown checksum algorithm {_short(algorithm)} (this ckptstore knows "
+                    f"{', '.join(_checksum.ALGORITHMS)}); upgrade ckptstore"
+                )
+        shards, tensors = _decode_tensors_v2(doc, where, major, algorithm)
 
     scalars = _field(doc, "scalars", dict, where)
     for name, value in scalars.items():
@@ -819,7 +842,7 @@ def _decode_manifest(data: bytes, where: str) -> Manifest:
             raise FormatError(f"{where}: scalar {name} has type {type(value).__name__}")
     metadata = _field(doc, "metadata", dict, where)
     _check_plain(metadata, f"{where}: metadata")
-    return Manifest(step, float(created), library, shards, tensors, scalars, metadata, minor, major)
+    return Manifest(step, float(created), library, shards, tensors, scalars, metadata, minor, major, algorithm)
 
 
 def _decode_tensors_v1(doc: dict[str, Any], where: str) -> tuple[dict[str, int], dict[str, TensorEntry]]:
@@ -944,8 +967,9 @@ def _column(doc: Mapping[str, Any], key: str, dtype: Any, count: int, what: str,
     return np.frombuffer(raw, dtype)
 
 
-def _decode_tensors_v2(doc: dict[str, Any], where: str) -> tuple[dict[str, int], TensorTable]:
-    """Format 2.x: validate the tensor columns with array operations, as strictly as the 1.x reader.
+def _decode_tensors_v2(doc: dict[str, Any], where: str, major: int, algorithm: str) -> tuple[dict[str, int], TensorTable]:
+    """Formats 2.x and 3.x: validate the tensor columns with array operations, as strictly as the 1.x
+    reader. (3.x differs in its chunk records: 64-bit checksums of ``algorithm``.)
 
     Every count is checked against the byte length of the column that holds it before an array is
     made, so memory stays within a small multiple of the manifest's size whatever the counts claim.
@@ -987,8 +1011,11 @@ def _decode_tensors_v2(doc: dict[str, Any], where: str) -> tuple[dict[str, int],
     num_dims = int(ndim.sum(dtype=np.int64))
     dims = _column(doc, "dims", "<u8", num_dims, f"one uint64 per dimension; ndim adds up to {num_dims}", where)
     num_chunks = int(nchunks.sum(dtype=np.int64))
-    records = _column(doc, "chunks", CHUNK_RECORD, num_chunks,
-                      f"{CHUNK_RECORD.itemsize} bytes per chunk; nchunks adds up to {num_chunks}", where)
+    record = CHUNK_RECORD if major >= 3 else CHUNK_RECORD_V2
+    records = _column(doc, "chunks", record, num_chunks,
+                      f"{record.itemsize} bytes per chunk; nchunks adds up to {num_chunks}", where)
+    if record is not CHUNK_RECORD:
+        records = records.astype(CHUNK_RECORD)
 
     def tensor(i: int) -> str:
         return f"{where}: tensor {names[i]}"
@@ -1029,6 +1056,10 @@ def _decode_tensors_v2(doc: dict[str, Any], where: str) -> tuple[dict[str, int],
     j = _first(offset % ALIGN != 0)
     if j is not None:
         raise FormatError(f"{chunk_owner(j)}: chunk offset {offset[j]} is not {ALIGN}-byte aligned")
+    top = _checksum.MAX_VALUE[algorithm]
+    j = _first(records["checksum"] > top) if top < 2**64 - 1 else None
+    if j is not None:
+        raise FormatError(f"{chunk_owner(j)}: chunk checksum {records['checksum'][j]} is not a {algorithm} value (at most {top})")
     end = offset + nbytes  # both at most 2**48: no overflow
     sizes = np.array(list(shards.values()), np.uint64)
     j = _first(end > sizes[shard]) if num_chunks else None

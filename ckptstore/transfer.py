@@ -1,7 +1,7 @@
 """Parallel shard writes and reads: tensor bytes between arrays and storage, checksummed on the way.
 
 Why it looks like this: a save streams each shard straight from the arrays' own memory (no staging copy
-of the model), computing each chunk's crc32c piece by piece just before the piece is written, while it is
+of the model), computing each chunk's checksum piece by piece just before the piece is written, while it is
 still in cache — one pass over memory. Small tensors are glued into a few-MiB buffer (with their
 alignment padding) before they are written, so 10k tensors cost a few hundred writes, not 20k. One
 thread per shard: the layout has about one shard per worker, because two fsync'd streams are what it
@@ -29,9 +29,10 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TypeVar
 
-import crc32c as _crc32c
 import numpy as np
 
+from ckptstore.checksum import checksum as checksum_of
+from ckptstore.checksum import hasher
 from ckptstore.errors import ChecksumError, FormatError, NotFound, Unsupported
 from ckptstore.format import (
     ALIGN,
@@ -52,17 +53,8 @@ BATCH_SPAN = 16 << 20  # at most this many bytes per batched read
 BATCH_GAP = 64 << 10  # don't read (and keep) holes bigger than this to batch neighbours
 ALIGNED_MIN = 64 << 10  # arrays at least this big are allocated page-aligned
 _ZEROS = bytes(ALIGN)
-_GIL_FREE_MIN = 64 << 10  # checksum pieces at least this big release the GIL
 
 T = TypeVar("T")
-
-
-def crc32c(data: memoryview | bytes, value: int = 0) -> int:
-    """crc32c (Castagnoli), hardware-accelerated; ``value`` continues a previous checksum."""
-    # The crc32c package holds the GIL by default, so two I/O threads checksumming pieces take turns
-    # (measured here: two threads slower than one) and stall each other's next read or write. Large
-    # pieces release it; for small ones the switch would cost more than the checksum.
-    return _crc32c.crc32c(data, value, gil_release_mode=1 if len(data) >= _GIL_FREE_MIN else 0)
 
 
 def byte_view(arr: np.ndarray) -> memoryview:
@@ -134,8 +126,9 @@ class WrittenShards:
     """What ``write_shards`` wrote: the plan's chunks (in tensor order) with their checksums, and the shards."""
 
     plan: LayoutPlan
-    crc32c: np.ndarray  # uint32 per chunk of ``plan.columns``, in the same order
+    checksums: np.ndarray  # uint64 per chunk of ``plan.columns``, in the same order
     shard_sizes: Mapping[str, int]  # shard name (relative to the step directory) -> bytes
+    algorithm: str  # of the checksums (``ckptstore.checksum``)
 
     def tensor_table(self, specs: Mapping[str, tuple[str, tuple[int, ...]]]) -> TensorTable:
         """The manifest's tensors, built from columns (no per-tensor objects): ``specs`` maps each
@@ -145,7 +138,7 @@ class WrittenShards:
             raise ValueError(f"{len(specs)} tensor specs for {len(columns.names)} written tensors")
         return TensorTable.from_columns(
             columns.names, [specs[name] for name in columns.names], columns.nchunks, columns.shard,
-            columns.offset, columns.nbytes, self.crc32c, list(self.shard_sizes),
+            columns.offset, columns.nbytes, self.checksums, list(self.shard_sizes),
         )
 
     @property
@@ -156,7 +149,7 @@ class WrittenShards:
         flat = iter([
             Chunk(shard_names[s], o, n, c)
             for s, o, n, c in zip(columns.shard.tolist(), columns.offset.tolist(), columns.nbytes.tolist(),
-                                  self.crc32c.tolist(), strict=True)
+                                  self.checksums.tolist(), strict=True)
         ])
         return {
             name: tuple(itertools.islice(flat, count))
@@ -172,9 +165,11 @@ def write_shards(
     plan: LayoutPlan,
     workers: int,
     *,
+    checksum: str,
     staged: Sequence[memoryview] | None = None,
 ) -> WrittenShards:
-    """Write every shard of ``plan`` under ``step_prefix/attempt/``; return chunk checksums and sizes.
+    """Write every shard of ``plan`` under ``step_prefix/attempt/``; return chunk checksums (of the
+    ``checksum`` algorithm) and sizes.
 
     ``arrays`` must be C-contiguous and little-endian (``prepare_array`` makes them so). With ``staged``
     (one buffer per shard, filled by ``stage``), the bytes come from there instead of from ``arrays``.
@@ -194,9 +189,9 @@ def write_shards(
             found.append(crc)
 
         if staged is None:
-            pieces = _stream_pieces(planned, views, record)
+            pieces = _stream_pieces(planned, views, record, checksum)
         else:
-            pieces = _staged_pieces(planned, staged[index][: plan.shard_sizes[index]], record)
+            pieces = _staged_pieces(planned, staged[index][: plan.shard_sizes[index]], record, checksum)
         info = storage.put(f"{step_prefix}/{name}", pieces)
         if info.size != plan.shard_sizes[index]:
             raise FormatError(
@@ -208,12 +203,15 @@ def write_shards(
 
     run_parallel([lambda i=i: write_one(i) for i in range(len(plan.shards))], workers)
     # plan.columns lists the chunks shard by shard, which is also tensor order (see LayoutPlan.columns).
-    crc = np.fromiter(itertools.chain.from_iterable(crcs), "<u4", len(plan.columns.shard))
-    return WrittenShards(plan, crc, dict(zip(shard_names, plan.shard_sizes, strict=False)))
+    sums = np.fromiter(itertools.chain.from_iterable(crcs), "<u8", len(plan.columns.shard))
+    return WrittenShards(plan, sums, dict(zip(shard_names, plan.shard_sizes, strict=False)), checksum)
 
 
 def _stream_pieces(
-    chunks: Sequence[PlannedChunk], views: Mapping[str, memoryview], record: Callable[[PlannedChunk, int], None]
+    chunks: Sequence[PlannedChunk],
+    views: Mapping[str, memoryview],
+    record: Callable[[PlannedChunk, int], None],
+    algorithm: str,
 ) -> Iterator[memoryview | bytes]:
     """A shard's bytes straight from the arrays; small chunks and their padding glued into one buffer.
 
@@ -231,7 +229,7 @@ def _stream_pieces(
             if pad:
                 glue += _ZEROS[:pad]
             glue += view
-            record(pc, crc32c(view))
+            record(pc, checksum_of(algorithm, view))
             if len(glue) >= PIECE:
                 yield glue
                 glue = None
@@ -241,31 +239,31 @@ def _stream_pieces(
                 glue = None
             if pad:
                 yield _ZEROS[:pad]
-            crc = 0
+            h = hasher(algorithm)
             for i in range(0, len(view), PIECE):
                 piece = view[i : i + PIECE]
-                crc = crc32c(piece, crc)
+                h.update(piece)
                 yield piece
-            record(pc, crc)
+            record(pc, h.intdigest())
         pos = pc.offset + pc.nbytes
     if glue is not None:
         yield glue
 
 
 def _staged_pieces(
-    chunks: Sequence[PlannedChunk], buf: memoryview, record: Callable[[PlannedChunk, int], None]
+    chunks: Sequence[PlannedChunk], buf: memoryview, record: Callable[[PlannedChunk, int], None], algorithm: str
 ) -> Iterator[memoryview]:
     """A staged shard in large views, each checksummed chunk by chunk just before it is handed out."""
     pos = 0  # start of the bytes not yet handed out
     for pc in chunks:
-        crc = 0
+        h = hasher(algorithm)
         for i in range(0, pc.nbytes, PIECE):
             end = pc.offset + min(i + PIECE, pc.nbytes)
-            crc = crc32c(buf[pc.offset + i : end], crc)
+            h.update(buf[pc.offset + i : end])
             if end - pos >= PIECE:
                 yield buf[pos:end]
                 pos = end
-        record(pc, crc)
+        record(pc, h.intdigest())
     if pos < len(buf):
         yield buf[pos:]
 
@@ -377,10 +375,11 @@ def check_shards(storage: Storage, step_prefix: str, manifest: Manifest, needed:
     run_parallel([lambda s=s: check(s) for s in sorted(needed)], workers)
 
 
-def _checksum_error(url: str, key: str, name: str, chunk: Chunk, actual: int) -> ChecksumError:
+def _checksum_error(url: str, key: str, name: str, chunk: Chunk, actual: int, algorithm: str) -> ChecksumError:
+    width = 18 if chunk.checksum > 0xFFFFFFFF or actual > 0xFFFFFFFF else 10
     return ChecksumError(
         f"{url}/{key}: tensor {name}: bytes [{chunk.offset}, {chunk.offset + chunk.nbytes}) fail their "
-        f"crc32c check (stored {chunk.crc32c:#010x}, read {actual:#010x}) — the shard is corrupt"
+        f"{algorithm} check (stored {chunk.checksum:#0{width}x}, read {actual:#0{width}x}) — the shard is corrupt"
     )
 
 
@@ -389,16 +388,17 @@ def read_tensors(
     step_prefix: str,
     entries: Mapping[str, TensorEntry],
     *,
-    verify: bool,
+    checksum: str | None,
     workers: int,
 ) -> dict[str, np.ndarray]:
-    """Read ``entries`` into fresh (page-aligned when large) arrays, verifying crc32c unless told not to.
+    """Read ``entries`` into fresh (page-aligned when large) arrays, verifying every chunk's checksum
+    with the ``checksum`` algorithm (the manifest's; None: not verified).
 
     Small single-chunk tensors are views into one shared page-aligned arena laid out like their runs
     in the shard files: each run is one read straight into the arena, then every tensor in it is
     checked — no allocation, copy or storage call per tensor. (So one kept small tensor keeps the
     arena alive: at most the small tensors' bytes.) The views are made while the reads run, and a
-    ``TensorTable`` (a whole 2.0 manifest) is planned from its columns, without an entry per tensor.
+    ``TensorTable`` (a whole 2.0/3.0 manifest) is planned from its columns, without an entry per tensor.
     """
     url = storage.url
     huge = getattr(storage, "huge_page_destinations", True)
@@ -415,7 +415,7 @@ def read_tensors(
             chunks = entry.chunks
             if len(chunks) == 1 and 0 < chunks[0].nbytes < SMALL_CHUNK:
                 c = chunks[0]
-                small_items.append((name, c.shard, c.offset, c.nbytes, c.crc32c, entry.dtype, entry.shape))
+                small_items.append((name, c.shard, c.offset, c.nbytes, c.checksum, entry.dtype, entry.shape))
             else:
                 large_list.append((name, entry))
         large = large_list
@@ -426,7 +426,7 @@ def read_tensors(
         pos = 0
         for chunk in entry.chunks:
             if chunk.nbytes:
-                tasks.append(lambda n=name, c=chunk, d=dest[pos : pos + chunk.nbytes]: _read_large(storage, url, step_prefix, n, c, d, verify))
+                tasks.append(lambda n=name, c=chunk, d=dest[pos : pos + chunk.nbytes]: _read_large(storage, url, step_prefix, n, c, d, checksum))
             pos += chunk.nbytes
 
     small: dict[str, list[_Small]] = {}
@@ -454,7 +454,7 @@ def read_tensors(
     arena = empty_aligned((arena_size,), np.dtype(np.uint8), huge_pages=huge) if runs else None
     for shard, batch, at, length in runs:
         view = memoryview(arena)[at : at + length]
-        tasks.append(lambda s=shard, b=batch, v=view: _read_run(storage, url, step_prefix, s, b, v, verify))
+        tasks.append(lambda s=shard, b=batch, v=view: _read_run(storage, url, step_prefix, s, b, v, checksum))
 
     def make_views() -> None:
         for _shard, batch, at, _length in runs:
@@ -467,7 +467,7 @@ def read_tensors(
     return {name: out[name] for name in entries}
 
 
-# (name, shard, offset, nbytes, crc32c, dtype name, shape) of a small single-chunk tensor
+# (name, shard, offset, nbytes, checksum, dtype name, shape) of a small single-chunk tensor
 _Small = tuple[str, str, int, int, int, str, tuple[int, ...]]
 
 
@@ -475,26 +475,29 @@ def _offset_of(item: _Small) -> int:
     return item[2]
 
 
-def _read_large(storage: Storage, url: str, prefix: str, name: str, chunk: Chunk, dest: memoryview, verify: bool) -> None:
+def _read_large(
+    storage: Storage, url: str, prefix: str, name: str, chunk: Chunk, dest: memoryview, checksum: str | None
+) -> None:
     key = f"{prefix}/{chunk.shard}"
-    if not verify:
+    if checksum is None:
         storage.read_into(key, chunk.offset, dest)
         return
     # Local reads go piece by piece so each piece is checksummed while it is still in cache; a remote
     # backend gets the whole chunk in one call, which it splits into concurrent ranged GETs itself.
-    crc = 0
+    h = hasher(checksum)
     read_pieces = getattr(storage, "read_pieces", None)
     if read_pieces is not None:
         for piece in read_pieces(key, chunk.offset, dest):
-            crc = crc32c(piece, crc)
+            h.update(piece)
     else:  # a plugin that does not derive from StorageBase
         piece_size = storage.read_piece_size or chunk.nbytes
         for i in range(0, chunk.nbytes, piece_size):
             piece = dest[i : i + piece_size]
             storage.read_into(key, chunk.offset + i, piece)
-            crc = crc32c(piece, crc)
-    if crc != chunk.crc32c:
-        raise _checksum_error(url, key, name, chunk, crc)
+            h.update(piece)
+    actual = h.intdigest()
+    if actual != chunk.checksum:
+        raise _checksum_error(url, key, name, chunk, actual, checksum)
 
 
 def _read_run(
@@ -504,17 +507,17 @@ def _read_run(
     shard: str,
     batch: list[_Small],
     view: memoryview,
-    verify: bool,
+    checksum: str | None,
 ) -> None:
     """One read of a run of small chunks into its place in the arena, then each chunk's checksum."""
     key = f"{prefix}/{shard}"
     start = batch[0][2]
     storage.read_into(key, start, view)
-    if verify:
-        for name, _shard, offset, nbytes, crc, _dtype, _shape in batch:
-            actual = crc32c(view[offset - start : offset - start + nbytes])
-            if actual != crc:
-                raise _checksum_error(url, key, name, Chunk(shard, offset, nbytes, crc), actual)
+    if checksum is not None:
+        for name, _shard, offset, nbytes, stored, _dtype, _shape in batch:
+            actual = checksum_of(checksum, view[offset - start : offset - start + nbytes])
+            if actual != stored:
+                raise _checksum_error(url, key, name, Chunk(shard, offset, nbytes, stored), actual, checksum)
 
 
 def map_tensors(
@@ -522,13 +525,13 @@ def map_tensors(
     step_prefix: str,
     entries: Mapping[str, TensorEntry],
     *,
-    verify: bool,
+    checksum: str | None,
 ) -> dict[str, np.ndarray]:
     """Read-only arrays that are views of the memory-mapped shard files (local disk only).
 
     A tensor whose chunks are not one contiguous run of one shard (split across shards) is read into
-    memory instead, and made read-only too, so every returned array behaves alike. With ``verify``
-    every chunk's crc32c is checked, which reads every page once.
+    memory instead, and made read-only too, so every returned array behaves alike. With a ``checksum``
+    algorithm every chunk is verified, which reads every page once.
 
     Raises:
         Unsupported: the storage is not a local directory.
@@ -562,15 +565,16 @@ def map_tensors(
         ):
             mm = shard_map(chunks[0].shard)
             arr = np.frombuffer(mm, np.uint8, entry.nbytes, chunks[0].offset).view(dtype).reshape(entry.shape)
-            if verify:
+            if checksum is not None:
                 raw = memoryview(mm)
                 try:
                     for c in chunks:
-                        crc = 0
+                        h = hasher(checksum)
                         for i in range(0, c.nbytes, PIECE):
-                            crc = crc32c(raw[c.offset + i : c.offset + min(i + PIECE, c.nbytes)], crc)
-                        if crc != c.crc32c:
-                            raise _checksum_error(url, f"{step_prefix}/{c.shard}", name, c, crc)
+                            h.update(raw[c.offset + i : c.offset + min(i + PIECE, c.nbytes)])
+                        actual = h.intdigest()
+                        if actual != c.checksum:
+                            raise _checksum_error(url, f"{step_prefix}/{c.shard}", name, c, actual, checksum)
                 finally:
                     raw.release()
         else:
@@ -579,7 +583,7 @@ def map_tensors(
         arr.flags.writeable = False
         out[name] = arr
     if copied:
-        for name, arr in read_tensors(storage, step_prefix, copied, verify=verify, workers=1).items():
+        for name, arr in read_tensors(storage, step_prefix, copied, checksum=checksum, workers=1).items():
             arr.flags.writeable = False
             out[name] = arr
     return {name: out[name] for name in entries}

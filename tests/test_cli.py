@@ -169,7 +169,7 @@ def test_show_lists_tensors_and_metadata(saved: Path) -> None:
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert f"{saved}@100" in out and "(LATEST)" not in out
-    assert "loss: 0.5" in out
+    assert "loss: 0.5" in out and "(format 3.0, xxh3-64 checksums)" in out
     row = next(line for line in out.splitlines() if line.startswith("dnn/hiddenlayer_0/kernel"))
     assert row.split() == ["dnn/hiddenlayer_0/kernel", "float32", "[4,", "10]", "160", "B"]
     assert any(line.startswith("global_step") and "scalar" in line for line in out.splitlines())
@@ -182,6 +182,7 @@ def test_show_json_sorted_by_size(saved: Path) -> None:
     assert list(doc["tensors"])[0] == "big"
     assert doc["tensors"]["big"] == {"dtype": "float32", "shape": [300000], "nbytes": 1_200_000, "chunks": 1}
     assert doc["scalars"] == {"global_step": 100}
+    assert (doc["format"], doc["checksum"]) == ("3.0", "xxh3-64")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +214,7 @@ def test_verify_detects_a_flipped_byte_and_names_the_tensor(saved: Path, tensor:
     assert r.returncode == 1
     fails = [line for line in r.stdout.splitlines() if line.startswith("FAIL")]
     assert len(fails) == 1, r.stdout
-    assert f"tensor {tensor}" in fails[0] and "crc32c" in fails[0]
+    assert f"tensor {tensor}" in fails[0] and "fail their xxh3-64 check" in fails[0]
     assert "problem(s) found" in r.stderr
     # The other checkpoint is still fine, and --all reports exactly the damaged one.
     assert cli("verify", f"{saved}@200").returncode == 0
@@ -312,7 +313,7 @@ def test_cp_refuses_a_damaged_source(saved: Path, tmp_path: Path) -> None:
     _flip_byte(saved, 200, "big", 1)
     r = cli("cp", f"{saved}@200", str(tmp_path / "copy"))
     assert r.returncode == 3
-    assert "crc32c" in one_line_error(r)
+    assert "fail their xxh3-64 check" in one_line_error(r)
     assert not (tmp_path / "copy" / "step-000000000200" / "manifest.msgpack").exists()
 
 

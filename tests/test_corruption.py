@@ -241,7 +241,7 @@ def _flip_every_byte(saved: Saved, key: str, step: int | None, expected_step: in
     path = saved.path(key)
     original = path.read_bytes()
     # "version": [major, minor] with a fixint major (2 for a manifest, 1 for LATEST): the minor follows it.
-    minor_pos = re.search(rb"\xa7version\x92[\x01\x02]", original).end()  # type: ignore[union-attr]
+    minor_pos = re.search(rb"\xa7version\x92[\x01\x02\x03]", original).end()  # type: ignore[union-attr]
     out = FlipOutcomes(len(original), [], [], [], [], [], [], minor_pos)
     logger = logging.getLogger("ckptstore")
     for pos in range(len(original)):
@@ -393,3 +393,42 @@ def test_a_damaged_latest_is_replaced_by_the_next_save(saved: Saved, caplog: Any
     latest = saved.store.latest()
     assert latest is not None and latest.step == 300
     assert_exact(saved.store.restore(), _state(300))
+
+
+@pytest.mark.parametrize("algorithm", ["xxh3-64", "crc32c"])
+@pytest.mark.parametrize("blocking", [True, False])
+def test_each_checksum_algorithm_catches_a_flipped_byte(tmp_path: Path, algorithm: str, blocking: bool) -> None:
+    """Both algorithms, written by a streamed and by a background (staged) save, read back by a store
+    configured for the other one (restores use the algorithm the manifest names)."""
+    state = {"big": np.arange(600_000, dtype=np.float32), "small": np.arange(100, dtype=np.int64)}
+    writer = CheckpointStore(tmp_path / "m", checksum=algorithm, chunk_size=1 << 20)
+    if blocking:
+        writer.save(1, state)
+    else:
+        writer.save(1, state, blocking=False)
+        writer.wait()
+    manifest = writer.manifest(1)
+    assert manifest.checksum == algorithm and manifest.major == 3
+    other = "crc32c" if algorithm == "xxh3-64" else "xxh3-64"
+    reader = CheckpointStore(tmp_path / "m", checksum=other)
+    for name, value in reader.restore(1).items():
+        np.testing.assert_array_equal(value, state[name])
+    for name in ("big", "small"):
+        chunk = manifest.tensors[name].chunks[-1]
+        path = tmp_path / "m" / step_dir(1) / chunk.shard
+        data = bytearray(path.read_bytes())
+        data[chunk.offset + chunk.nbytes // 2] ^= 0x04
+        path.write_bytes(bytes(data))
+        for mmap in (False, True):
+            with pytest.raises(ChecksumError, match=rf"tensor {name}: bytes .* fail their {algorithm} check"):
+                reader.restore(1, names=[name], mmap=mmap, verify=True)
+        data[chunk.offset + chunk.nbytes // 2] ^= 0x04
+        path.write_bytes(bytes(data))
+    writer.close()
+    reader.close()
+
+
+def test_an_unknown_checksum_algorithm_is_refused_up_front(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown checksum 'sha1' \(choose from crc32c, xxh3-64\)"):
+        CheckpointStore(tmp_path / "m", checksum="sha1")
+    assert CheckpointStore(tmp_path / "m").checksum == "xxh3-64"

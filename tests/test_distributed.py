@@ -327,3 +327,20 @@ def test_storage_errors_surface_as_rank_failures_not_hangs(url: str) -> None:
     stores[0] = CheckpointStore(storage=faulty)
     errors = run_ranks(2, lambda c: distributed.save(stores[c.rank], 1, {"x": np.ones(1)}, c))
     assert all(isinstance(e, RankFailed) and StorageError.__name__ in str(e) for e in errors), errors
+
+
+def test_every_rank_checksums_with_rank_0s_algorithm(url: str) -> None:
+    """One manifest names one algorithm: ranks configured differently still write one consistent checkpoint."""
+    algorithms = ["crc32c", "xxh3-64", "xxh3-64"]
+    stores = [CheckpointStore(url, checksum=a) for a in algorithms]
+
+    def save(c: Coordinator) -> Any:
+        return distributed.save(stores[c.rank], 3, rank_state(c.rank), c)
+
+    infos = run_ranks(3, save)
+    assert all(not isinstance(i, BaseException) for i in infos), infos
+    manifest = stores[1].manifest(3)
+    assert manifest.checksum == "crc32c" and all(c.checksum < 2**32 for e in manifest.tensors.values() for c in e.chunks)
+    restored = stores[2].restore(3, verify=True)
+    for rank in range(3):
+        np.testing.assert_array_equal(restored[f"optim/rank{rank}"], rank_state(rank)[f"optim/rank{rank}"])

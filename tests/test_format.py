@@ -1,5 +1,5 @@
-"""Pure format tests: golden bytes that pin manifest 2.0 (and 1.0, still read), layout planning, the
-dtype set, the 2.0 columns and their validation.
+"""Pure format tests: golden bytes that pin manifest 3.0 (and 1.0 and 2.0, still read), layout planning,
+the dtype set, the columns of 2.0/3.0 and their validation.
 
 The hostile-input corpus lives in test_hostile.py; these tests pin what a *valid* checkpoint is.
 """
@@ -53,7 +53,30 @@ def test_shard_bytes_match_golden():
 
 def test_manifest_bytes_match_golden():
     manifest, _ = build()
-    assert encode_manifest(manifest) == (GOLDEN / "manifest-v2.msgpack").read_bytes()
+    assert encode_manifest(manifest) == (GOLDEN / "manifest-v3.msgpack").read_bytes()
+
+
+def test_golden_v3_manifest_is_the_documented_structure():
+    """3.0 is 2.0 plus the checksum algorithm and 64-bit checksums in 28-byte chunk records."""
+    import xxhash
+
+    doc = msgpack.unpackb((GOLDEN / "manifest-v3.msgpack").read_bytes())
+    assert list(doc) == ["format", "version", "step", "created", "library", "shards", "checksum", "names", "dtypes",
+                         "dtype", "ndim", "dims", "nchunks", "chunks", "scalars", "metadata", "crc32c"]
+    assert doc["format"] == "ckptstore" and doc["version"] == [3, 0] and doc["checksum"] == "xxh3-64"
+    v2 = msgpack.unpackb((GOLDEN / "manifest-v2.msgpack").read_bytes())
+    for key in ("step", "created", "library", "shards", "names", "dtypes", "dtype", "ndim", "dims", "nchunks",
+                "scalars", "metadata"):
+        assert doc[key] == v2[key], key
+    assert len(doc["chunks"]) == 28 * 5
+    records = [struct.unpack_from("<IQQQ", doc["chunks"], 28 * i) for i in range(5)]
+    assert [r[:3] for r in records] == [struct.unpack_from("<IQQ", v2["chunks"], 24 * i) for i in range(5)]
+    state = golden_state()
+    big = state["big"].tobytes()
+    expected = [state["dnn/hiddenlayer_0/kernel"].tobytes(), state["dnn/hiddenlayer_0/bias"].tobytes(),
+                state["flag"].tobytes(), big[:4096], big[4096:]]
+    assert [r[3] for r in records] == [xxhash.xxh3_64_intdigest(b) for b in expected]
+    assert max(r[3] for r in records) > 2**32  # really 64 bits wide
 
 
 def test_golden_v2_manifest_is_the_documented_structure():
@@ -114,12 +137,18 @@ def test_golden_shard_layout_is_aligned_little_endian_c_order():
 def test_golden_files_decode():
     m = decode_manifest((GOLDEN / "manifest-v1.msgpack").read_bytes(), "golden")
     assert m.step == 42 and m.tensors["big"].shape == (3000,) and m.tensors["flag"].dtype == "bool"
-    built, _ = build()
+    built_crc32c, _ = build("crc32c")
     v2 = decode_manifest((GOLDEN / "manifest-v2.msgpack").read_bytes(), "golden")
-    assert m == v2 == built and (m.major, v2.major) == (1, 2)
+    assert m == v2 == built_crc32c and (m.major, v2.major) == (1, 2)
+    assert m.checksum == v2.checksum == "crc32c"
     assert list(m.tensors) == list(v2.tensors) and list(m.shards) == list(v2.shards)
-    # A 1.x manifest re-encodes as 2.0, byte for byte what the writer writes.
-    assert encode_manifest(m) == (GOLDEN / "manifest-v2.msgpack").read_bytes()
+    built, _ = build()
+    v3 = decode_manifest((GOLDEN / "manifest-v3.msgpack").read_bytes(), "golden")
+    assert v3 == built and v3.major == 3 and v3.checksum == "xxh3-64"
+    assert v3 != v2 and replace(v3, tensors=v2.tensors, checksum="crc32c") == v2  # only the checksums differ
+    # 1.x and 2.x manifests re-encode as 3.0 naming crc32c, byte for byte what a crc32c writer writes.
+    assert encode_manifest(m) == encode_manifest(v2) == encode_manifest(built_crc32c)
+    assert decode_manifest(encode_manifest(m), "re-encoded") == m
     latest = decode_latest((GOLDEN / "LATEST-v1.msgpack").read_bytes(), "golden LATEST")
     assert latest.step == 42 and latest.manifest == "step-000000000042/manifest.msgpack"
     assert latest.num_tensors == len(golden_state()) + 2
@@ -201,7 +230,8 @@ def _decode(doc: dict):
     return decode_manifest(seal(msgpack.packb(doc)), "m")
 
 
-@pytest.mark.parametrize("name", ["manifest-v1.msgpack", "manifest-v2.msgpack", "LATEST-v1.msgpack"])
+@pytest.mark.parametrize("name", ["manifest-v1.msgpack", "manifest-v2.msgpack", "manifest-v3.msgpack",
+                                  "LATEST-v1.msgpack"])
 def test_the_seal_is_the_crc32c_of_everything_before_it(name):
     import crc32c
 
@@ -211,7 +241,8 @@ def test_the_seal_is_the_crc32c_of_everything_before_it(name):
     assert data[-5] == 0xCE and doc["crc32c"] == int.from_bytes(data[-4:], "big") == crc32c.crc32c(data[:-5])
 
 
-@pytest.mark.parametrize("name", ["manifest-v1.msgpack", "manifest-v2.msgpack", "LATEST-v1.msgpack"])
+@pytest.mark.parametrize("name", ["manifest-v1.msgpack", "manifest-v2.msgpack", "manifest-v3.msgpack",
+                                  "LATEST-v1.msgpack"])
 def test_every_flipped_bit_of_a_sealed_file_is_detected(name):
     data = (GOLDEN / name).read_bytes()
     decode = decode_manifest if name.startswith("manifest") else decode_latest
@@ -234,14 +265,65 @@ def test_newer_minor_version_is_readable_and_newer_major_is_not():
     doc["version"] = [1, 7]
     doc["future_field"] = {"ignored": True}
     assert _decode(doc).minor == 7
-    doc["version"] = [3, 0]
-    with pytest.raises(FormatError, match=r"format version 3.0 is not supported \(this ckptstore reads major "
-                       r"versions 1 and 2\)"):
+    doc["version"] = [4, 0]
+    with pytest.raises(FormatError, match=r"format version 4.0 is not supported \(this ckptstore reads major "
+                       r"versions 1, 2 and 3\); upgrade ckptstore"):
         _decode(doc)
+    for version in ("v2", "v3"):
+        doc = _golden_doc(version)
+        doc["version"][1] = 7
+        doc["future_field"] = {"ignored": True}
+        assert _decode(doc).minor == 7
+
+
+def _with_small_checksums(doc: dict) -> dict:
+    """``doc`` (3.0) with every chunk checksum set to 7: a valid crc32c value too."""
+    records = bytearray(doc["chunks"])
+    for i in range(len(records) // 28):
+        struct.pack_into("<Q", records, 28 * i + 20, 7)
+    return {**doc, "chunks": bytes(records)}
+
+
+def test_a_3x_manifest_names_a_known_checksum_algorithm():
+    doc = _golden_doc("v3")
+    assert _decode(doc).checksum == "xxh3-64"
+    doc = _with_small_checksums(doc)
+    doc["checksum"] = "crc32c"  # the same record layout, the other algorithm
+    assert _decode(doc).checksum == "crc32c"
+    doc["checksum"] = "sha256"
+    with pytest.raises(FormatError, match=r"m: unknown checksum algorithm 'sha256' \(this ckptstore knows "
+                       r"crc32c, xxh3-64\); upgrade ckptstore"):
+        _decode(doc)
+    doc["checksum"] = 7
+    with pytest.raises(FormatError, match="m: field 'checksum' has type int"):
+        _decode(doc)
+    del doc["checksum"]
+    with pytest.raises(FormatError, match="m: missing field 'checksum'"):
+        _decode(doc)
+    # A 2.x manifest has no such field: its checksums are crc32c, whatever a stray field says.
     doc = _golden_doc("v2")
-    doc["version"] = [2, 7]
-    doc["future_field"] = {"ignored": True}
-    assert _decode(doc).minor == 7
+    doc["checksum"] = "xxh3-64"
+    assert _decode(doc).checksum == "crc32c"
+
+
+def test_crc32c_values_of_a_3x_manifest_must_fit_32_bits():
+    doc = _with_small_checksums(_golden_doc("v3"))
+    doc["checksum"] = "crc32c"
+    records = bytearray(doc["chunks"])
+    struct.pack_into("<Q", records, 28 * 3 + 20, 2**32)  # the 4th chunk: "big"'s first
+    doc["chunks"] = bytes(records)
+    with pytest.raises(FormatError, match=r"m: tensor big: chunk checksum 4294967296 is not a crc32c value "
+                       r"\(at most 4294967295\)"):
+        _decode(doc)
+    doc["checksum"] = "xxh3-64"
+    assert _decode(doc).tensors["big"].chunks[0].checksum == 2**32
+
+
+def test_encoding_refuses_an_unknown_checksum_algorithm():
+    built, _ = build()
+    with pytest.raises(ValueError, match=r"manifest of step 42 cannot be encoded: unknown checksum 'md5' "
+                       r"\(choose from crc32c, xxh3-64\)"):
+        encode_manifest(replace(built, checksum="md5"))
 
 
 def test_chunk_sizes_must_add_up_to_the_shape():
@@ -266,7 +348,8 @@ ALL_DTYPES = sorted(DTYPE_NAMES)
 
 
 def _laid_out(specs: dict[str, tuple[str, tuple[int, ...]]], **plan: int) -> Manifest:
-    """A manifest of ``specs`` laid out by ``plan_layout`` (fake checksums), tensors as a plain dict."""
+    """A manifest of ``specs`` laid out by ``plan_layout`` (fake crc32c checksums: 1.x can say the same),
+    tensors as a plain dict."""
     sizes = [(name, math.prod(shape) * ITEMSIZE[dtype]) for name, (dtype, shape) in specs.items()]
     layout = plan_layout(sizes, **{"target_shard_size": 1 << 20, **plan})
     shard_names = [f"attempt-0/shard-{i:05d}.bin" for i in range(len(layout.shards))]
@@ -278,7 +361,7 @@ def _laid_out(specs: dict[str, tuple[str, tuple[int, ...]]], **plan: int) -> Man
     return Manifest(
         step=3, created=1.5, library="test", shards=dict(zip(shard_names, layout.shard_sizes, strict=True)),
         tensors={name: TensorEntry(dtype, shape, tuple(chunks[name])) for name, (dtype, shape) in specs.items()},
-        scalars={"lr": 0.1, "note": "x"}, metadata={"a": [1, {"b": None}]},
+        scalars={"lr": 0.1, "note": "x"}, metadata={"a": [1, {"b": None}]}, checksum="crc32c",
     )
 
 
@@ -298,7 +381,7 @@ MIXED = {
 def test_v2_round_trip(plan):
     m = _laid_out(MIXED, **plan)
     data = encode_manifest(m)
-    assert msgpack.unpackb(data)["version"] == [2, 0]
+    assert msgpack.unpackb(data)["version"] == [3, 0] and msgpack.unpackb(data)["checksum"] == "crc32c"
     back = decode_manifest(data, "m")
     assert isinstance(back.tensors, TensorTable) and back == m
     assert list(back.tensors) == list(m.tensors) and list(back.shards) == list(m.shards)
@@ -336,12 +419,14 @@ def test_the_save_path_table_equals_the_entries():
     state = {"a": np.arange(6, dtype="<f4").reshape(2, 3), "z": np.array(1.5), "e": np.zeros((0, 4), "<i2"),
              "big": np.arange(5000, dtype="<u2")}
     layout = plan_layout([(k, v.nbytes) for k, v in state.items()], target_shard_size=8192, chunk_size=4096)
-    written = write_shards(MemoryStorage("t"), "step-000000000001", "attempt-0", state, layout, workers=2)
-    specs = {k: (dtype_name(v.dtype), v.shape) for k, v in state.items()}
-    table = written.tensor_table(specs)
-    assert table == {k: TensorEntry(d, s, written.chunks[k]) for k, (d, s) in specs.items()}
-    m = Manifest(step=1, created=0.0, library="x", shards=written.shard_sizes, tensors=table)
-    assert decode_manifest(encode_manifest(m), "m") == m
+    for algorithm in ("xxh3-64", "crc32c"):
+        written = write_shards(MemoryStorage(f"t-{algorithm}"), "step-000000000001", "attempt-0", state, layout,
+                               workers=2, checksum=algorithm)
+        specs = {k: (dtype_name(v.dtype), v.shape) for k, v in state.items()}
+        table = written.tensor_table(specs)
+        assert table == {k: TensorEntry(d, s, written.chunks[k]) for k, (d, s) in specs.items()}
+        m = Manifest(step=1, created=0.0, library="x", shards=written.shard_sizes, tensors=table, checksum=algorithm)
+        assert decode_manifest(encode_manifest(m), "m") == m
 
 
 def _decode_traced(data: bytes) -> tuple[Manifest, int, int]:
@@ -380,7 +465,7 @@ def _seal_v1(m: Manifest) -> bytes:
         "shards": dict(m.shards),
         "tensors": {
             name: {"dtype": t.dtype, "shape": list(t.shape),
-                   "chunks": [[c.shard, c.offset, c.nbytes, c.crc32c] for c in t.chunks]}
+                   "chunks": [[c.shard, c.offset, c.nbytes, c.checksum] for c in t.chunks]}
             for name, t in m.tensors.items()
         },
         "scalars": dict(m.scalars), "metadata": dict(m.metadata),
@@ -502,7 +587,7 @@ def _huge(nshards: int, tensor_bytes: int) -> Manifest:
     chunks = tuple(Chunk(name, 0, min(2**48, tensor_bytes - 2**48 * i), 0)
                    for i, name in enumerate(list(shards)[: -(-tensor_bytes // 2**48)]))
     return Manifest(step=1, created=0.0, library="x", shards=shards,
-                    tensors={"huge": TensorEntry("uint8", (tensor_bytes,), chunks)})
+                    tensors={"huge": TensorEntry("uint8", (tensor_bytes,), chunks)}, checksum="crc32c")
 
 
 def test_a_tensor_of_2_to_the_62_bytes_is_exact():

@@ -17,11 +17,13 @@ import re
 import sys
 import tracemalloc
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import xxhash
 
 from ckptstore import CheckpointStore, commit
 from ckptstore.errors import CkptStoreError, FormatError, NotFound
@@ -114,13 +116,22 @@ def test_committed_corpus_is_what_make_corpus_generates() -> None:
     assert len(MANIFEST_CASES) >= 60 and len(LATEST_CASES) >= 10
 
 
-def test_the_v2_base_is_what_the_writer_writes() -> None:
-    """The 2.0 cases edit exactly what ckptstore writes for the base checkpoint."""
-    v1 = decode_manifest((HOSTILE / "base-manifest.msgpack").read_bytes(), "base")
-    assert encode_manifest(v1) == (HOSTILE / "base-manifest-v2.msgpack").read_bytes()
+def test_the_bases_are_one_checkpoint_and_v3_is_what_the_writer_writes() -> None:
+    """The 2.0 and 3.0 cases edit the same checkpoint as the 1.0 ones; the 3.0 base is exactly what
+    ckptstore writes for it (XXH3-64 checksums, the default)."""
+    v1, v2, v3 = (decode_manifest((HOSTILE / f"base-manifest{v}.msgpack").read_bytes(), "base") for v in ("", "-v2", "-v3"))
+    assert v1 == v2 and (v1.checksum, v2.checksum, v3.checksum) == ("crc32c", "crc32c", "xxh3-64")
+    data = (HOSTILE / "base-shard.bin").read_bytes()
+    entries = {
+        name: replace(entry, chunks=tuple(replace(c, checksum=xxhash.xxh3_64_intdigest(data[c.offset : c.offset + c.nbytes]))
+                                          for c in entry.chunks))
+        for name, entry in v1.tensors.items()
+    }
+    assert v3 == replace(v1, tensors=entries, checksum="xxh3-64", major=3)
+    assert encode_manifest(v3) == (HOSTILE / "base-manifest-v3.msgpack").read_bytes()
 
 
-@pytest.mark.parametrize("base", ["base-manifest.msgpack", "base-manifest-v2.msgpack"])
+@pytest.mark.parametrize("base", ["base-manifest.msgpack", "base-manifest-v2.msgpack", "base-manifest-v3.msgpack"])
 def test_base_checkpoint_restores(tmp_path: Path, base: str) -> None:
     """The control: without the hostile edit the same harness restores the checkpoint exactly."""
     _build(tmp_path, manifest=(HOSTILE / base).read_bytes())

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ckptstore import commit, format, transfer
+from ckptstore import checksum, commit, format, transfer
 from ckptstore.errors import ChecksumError, StorageError, Unsupported
 from ckptstore.format import plan_layout, step_dir
 from ckptstore.manager import CheckpointInfo, CheckpointStore, SaveHandle, TransferStats
@@ -218,8 +218,8 @@ def test_staged_shards_are_byte_identical_to_streamed_ones(tmp_path: Path) -> No
     a.save(7, state)
     b.save(7, state, blocking=False).result(30)
     ma, mb = a.manifest(7), b.manifest(7)
-    assert {n: (e.shape, [(c.offset, c.nbytes, c.crc32c) for c in e.chunks]) for n, e in ma.tensors.items()} == {
-        n: (e.shape, [(c.offset, c.nbytes, c.crc32c) for c in e.chunks]) for n, e in mb.tensors.items()
+    assert {n: (e.shape, [(c.offset, c.nbytes, c.checksum) for c in e.chunks]) for n, e in ma.tensors.items()} == {
+        n: (e.shape, [(c.offset, c.nbytes, c.checksum) for c in e.chunks]) for n, e in mb.tensors.items()
     }
     da = {k.split("/")[-1]: (tmp_path / "a" / "step-000000000007" / k).read_bytes() for k in ma.shards}
     db = {k.split("/")[-1]: (tmp_path / "b" / "step-000000000007" / k).read_bytes() for k in mb.shards}
@@ -418,11 +418,12 @@ def test_many_small_tensors_are_written_in_few_pieces() -> None:
     arrays = {f"t{i}": rng.integers(0, 255, int(n), dtype=np.uint8) for i, n in enumerate(rng.integers(1, 20_000, 2000))}
     plan = plan_layout([(n, a.nbytes) for n, a in arrays.items()], target_shard_size=1 << 40)
     views = {n: transfer.byte_view(a) for n, a in arrays.items()}
-    crcs: dict[str, int] = {}
-    pieces = list(transfer._stream_pieces(plan.shards[0], views, lambda pc, crc: crcs.__setitem__(pc.name, crc)))
-    assert len(pieces) <= plan.shard_sizes[0] // transfer.PIECE + 2
-    assert sum(len(p) for p in pieces) == plan.shard_sizes[0]
-    assert crcs == {n: transfer.crc32c(v) for n, v in views.items()}
+    for algorithm in checksum.ALGORITHMS:
+        sums: dict[str, int] = {}
+        pieces = list(transfer._stream_pieces(plan.shards[0], views, lambda pc, c, s=sums: s.__setitem__(pc.name, c), algorithm))
+        assert len(pieces) <= plan.shard_sizes[0] // transfer.PIECE + 2
+        assert sum(len(p) for p in pieces) == plan.shard_sizes[0]
+        assert sums == {n: checksum.checksum(algorithm, v) for n, v in views.items()}
 
 
 def test_staging_pool_reuses_buffers_whatever_the_shard_order() -> None:
@@ -469,7 +470,8 @@ def test_restore_plans_a_whole_table_like_its_entries(tmp_path: Path) -> None:
     assert isinstance(manifest.tensors, format.TensorTable)
     from_table = store.restore(1)
     storage, prefix = store.storage, format.step_dir(1)
-    from_entries = transfer.read_tensors(storage, prefix, dict(manifest.tensors.items()), verify=True, workers=2)
+    from_entries = transfer.read_tensors(storage, prefix, dict(manifest.tensors.items()), checksum=manifest.checksum,
+                                        workers=2)
     for name, arr in state.items():
         for got in (from_table[name], from_entries[name]):
             assert got.dtype == arr.dtype and got.shape == arr.shape, name
@@ -480,8 +482,8 @@ def test_restore_plans_a_whole_table_like_its_entries(tmp_path: Path) -> None:
     data[victim.offset + 1] ^= 0x40
     shard.write_bytes(bytes(data))
     for restore in (lambda: store.restore(1),
-                    lambda: transfer.read_tensors(storage, prefix, dict(manifest.tensors.items()), verify=True,
-                                                  workers=2)):
+                    lambda: transfer.read_tensors(storage, prefix, dict(manifest.tensors.items()),
+                                                  checksum=manifest.checksum, workers=2)):
         with pytest.raises(ChecksumError, match="small/117"):
             restore()
 

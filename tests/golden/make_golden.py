@@ -1,9 +1,10 @@
-"""Regenerates the golden files that pin the current format (manifest 2.0, LATEST 1.0) and the shard
+"""Regenerates the golden files that pin the current format (manifest 3.0, LATEST 1.0) and the shard
 layout. Run only when the format changes on purpose (and bump the version):
 ``python tests/golden/make_golden.py``.
 
-``manifest-v1.msgpack`` was written by format 1.0 (before 2.0 existed) from this same ``build()``; it is
-kept as it is so readers keep reading 1.x, and is no longer regenerated."""
+``manifest-v1.msgpack`` and ``manifest-v2.msgpack`` were written by formats 1.0 and 2.0 (crc32c
+checksums) from this same ``build(checksum="crc32c")``; they are kept as they are so readers keep
+reading 1.x and 2.x, and are no longer regenerated."""
 
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ def golden_state() -> dict[str, np.ndarray]:
     }
 
 
-def build() -> tuple[Manifest, dict[str, bytes]]:
+def build(checksum: str = "xxh3-64") -> tuple[Manifest, dict[str, bytes]]:
     state = golden_state()
     plan = plan_layout([(k, v.nbytes) for k, v in state.items()], target_shard_size=8192, chunk_size=4096)
     storage = MemoryStorage("golden")
-    written = write_shards(storage, "step-000000000042", "attempt-0000000000000000", state, plan, workers=1)
+    written = write_shards(storage, "step-000000000042", "attempt-0000000000000000", state, plan, workers=1,
+                           checksum=checksum)
     manifest = Manifest(
         step=42,
         created=1700000000.5,
@@ -45,6 +47,7 @@ def build() -> tuple[Manifest, dict[str, bytes]]:
         },
         scalars={"lr": 0.5, "name": "iris"},
         metadata={"loss": 0.25},
+        checksum=checksum,
     )
     shards = {name: storage.get(f"step-000000000042/{name}") for name in written.shard_sizes}
     return manifest, shards
@@ -52,7 +55,7 @@ def build() -> tuple[Manifest, dict[str, bytes]]:
 
 if __name__ == "__main__":
     manifest, shards = build()
-    (HERE / "manifest-v2.msgpack").write_bytes(encode_manifest(manifest))
+    (HERE / "manifest-v3.msgpack").write_bytes(encode_manifest(manifest))
     (HERE / "LATEST-v1.msgpack").write_bytes(encode_latest(latest_from_manifest(manifest)))
     for name, data in shards.items():
         (HERE / name.replace("/", "__")).write_bytes(data)

@@ -5,8 +5,9 @@ Run ``python tests/hostile/make_corpus.py`` to (re)write ``manifests/*.msgpack``
 tests read the exact bytes a stranger could hand us. Output is deterministic.
 
 Every case is the valid base checkpoint (step 7: one 8192-byte shard holding a float32[1024] "a" and
-an int64[512] "b"), written as format 1.0 (cases without a prefix: 1.x manifests are still read) or as
-format 2.0 (cases named ``v2-...``), with one thing made hostile. ``cases.json`` maps each file to the specific error a
+an int64[512] "b"), written as format 1.0 (cases without a prefix: 1.x manifests are still read), as
+format 2.0 (cases named ``v2-...``) or as format 3.0 (``v3-...``: XXH3-64 checksums), with one thing
+made hostile. ``cases.json`` maps each file to the specific error a
 reader must raise (a regular expression matched against the ``FormatError`` message) and says why the
 case matters. The bytes are written by hand where msgpack would refuse to produce them (headers that
 claim billions of elements, ext types, nesting deeper than any packer allows).
@@ -24,6 +25,7 @@ from typing import Any
 import crc32c
 import msgpack
 import numpy as np
+import xxhash
 
 from ckptstore.format import seal
 
@@ -91,6 +93,26 @@ def base_manifest_v2() -> dict[str, Any]:
         "scalars": {"global_step": STEP},
         "metadata": {"loss": 0.5},
     }
+
+
+def record_v3(shard: int, offset: int, nbytes: int, checksum: int) -> bytes:
+    """One 28-byte chunk record of a 3.0 manifest."""
+    return struct.pack("<IQQQ", shard, offset, nbytes, checksum)
+
+
+def base_manifest_v3() -> dict[str, Any]:
+    """The same checkpoint as format 3.0 writes it by default: XXH3-64 checksums in 28-byte records."""
+    data = base_shard()
+    doc = base_manifest_v2()
+    doc["version"] = [3, 0]
+    v3: dict[str, Any] = {}
+    for key, value in doc.items():
+        v3[key] = value
+        if key == "shards":
+            v3["checksum"] = "xxh3-64"
+    v3["chunks"] = (record_v3(0, 0, 4096, xxhash.xxh3_64_intdigest(data[:4096]))
+                    + record_v3(0, 4096, 4096, xxhash.xxh3_64_intdigest(data[4096:])))
+    return v3
 
 
 def base_latest() -> dict[str, Any]:
@@ -192,7 +214,7 @@ def _rename_shard(new: str) -> Callable[[dict[str, Any]], None]:
     return fn
 
 
-def build() -> None:
+def build_v1_v2() -> None:
     q = "'"
     # -- keys that escape the model_dir -----------------------------------------------------------
     for name, shard in {
@@ -356,8 +378,8 @@ def build() -> None:
 
     # -- versions, dtypes, types -------------------------------------------------------------------
     manifest_case(
-        "unknown-major-version", edit(_set(["version"], [3, 0])),
-        rf"{M}: format version 3.0 is not supported \(this ckptstore reads major versions 1 and 2\); upgrade",
+        "unknown-major-version", edit(_set(["version"], [4, 0])),
+        rf"{M}: format version 4.0 is not supported \(this ckptstore reads major versions 1, 2 and 3\); upgrade",
         "a future format must not be half-read",
     )
     manifest_case(
@@ -837,6 +859,58 @@ def build_v2() -> None:
     )
 
 
+def v3(fn: Callable[[dict[str, Any]], Any]) -> bytes:
+    return edit(fn, base_manifest_v3)
+
+
+def build_v3() -> None:
+    """Format 3.0: what it adds to 2.0 (the checksum algorithm, 64-bit checksums in 28-byte records)."""
+    data = base_shard()
+    manifest_case(
+        "v3-checksum-unknown", v3(_set(["checksum"], "sha256")),
+        rf"{M}: unknown checksum algorithm 'sha256' \(this ckptstore knows crc32c, xxh3-64\); upgrade ckptstore",
+        "an algorithm this reader cannot verify must not be read unverified (or as another algorithm)",
+    )
+    manifest_case(
+        "v3-checksum-missing", v3(lambda d: d.pop("checksum")),
+        rf"{M}: missing field 'checksum'", "a 3.0 manifest that does not say how its chunks are checksummed",
+    )
+    manifest_case(
+        "v3-checksum-not-a-string", v3(_set(["checksum"], ["xxh3-64"])),
+        rf"{M}: field 'checksum' has type list", "the algorithm as a list (unhashable)",
+    )
+    manifest_case(
+        "v3-checksum-huge-string", v3(_set(["checksum"], "x" * 100_000)),
+        rf"{M}: unknown checksum algorithm 'x{{20,}}\.\.\. \(this ckptstore knows",
+        "a 100 kB algorithm name (the error quotes a short prefix)",
+    )
+    manifest_case(
+        "v3-records-of-2.0-width", v3(_set(["chunks"], base_manifest_v2()["chunks"])),
+        rf"{M}: field 'chunks' holds 48 bytes, expected 56 \(28 bytes per chunk; nchunks adds up to 2\)",
+        "2.0's 24-byte records under a 3.0 version: the checksums would be read from the wrong bytes",
+    )
+    manifest_case(
+        "v3-crc32c-value-wider-than-32-bits",
+        v3(lambda d: (d.__setitem__("checksum", "crc32c"),
+                      d.__setitem__("chunks", record_v3(0, 0, 4096, 2**32 + crc32c.crc32c(data[:4096]))
+                                    + record_v3(0, 4096, 4096, crc32c.crc32c(data[4096:]))))),
+        rf"{M}: tensor a: chunk checksum {2**32 + crc32c.crc32c(data[:4096])} is not a crc32c value "
+        rf"\(at most 4294967295\)",
+        "a crc32c that no data can have (a 64-bit slot holding a 32-bit checksum)",
+    )
+    manifest_case(
+        "v3-version-2-with-v3-records", v3(_set(["version"], [2, 0])),
+        rf"{M}: field 'chunks' holds 56 bytes, expected 48 \(24 bytes per chunk; nchunks adds up to 2\)",
+        "a downgraded version: a 2.x reader must not take 64-bit checksums as 32-bit ones",
+    )
+
+
+def build() -> None:
+    """Every case, into MANIFEST_CASES and LATEST_CASES."""
+    build_v1_v2()
+    build_v3()
+
+
 def main() -> None:
     build()
     (HERE / "manifests").mkdir(exist_ok=True)
@@ -851,6 +925,7 @@ def main() -> None:
             cases[rel] = {"error": error, "why": why}
     (HERE / "base-manifest.msgpack").write_bytes(sealed(pack(base_manifest())))
     (HERE / "base-manifest-v2.msgpack").write_bytes(sealed(pack(base_manifest_v2())))
+    (HERE / "base-manifest-v3.msgpack").write_bytes(sealed(pack(base_manifest_v3())))
     (HERE / "base-latest.msgpack").write_bytes(sealed(pack(base_latest())))
     (HERE / "base-shard.bin").write_bytes(base_shard())
     (HERE / "cases.json").write_text(json.dumps(cases, indent=1, sort_keys=True) + "\n")
