@@ -24,6 +24,7 @@ import itertools
 import math
 import mmap
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ PIECE = 8 << 20  # checksum/write granularity: big enough for few calls, small e
 SMALL_CHUNK = 1 << 20  # chunks below this are read in batches and scattered
 SMALL_WRITE = 256 << 10  # pieces below this are glued together before they are written
 BATCH_SPAN = 16 << 20  # at most this many bytes per batched read
+RUN_PIECE = 1 << 20  # a batched read is made (and its small chunks checked) piece by piece
+RUN_WORKERS = 2  # batched reads in flight at once (see read_tensors)
 BATCH_GAP = 64 << 10  # don't read (and keep) holes bigger than this to batch neighbours
 ALIGNED_MIN = 64 << 10  # arrays at least this big are allocated page-aligned
 _ZEROS = bytes(ALIGN)
@@ -452,9 +455,19 @@ def read_tensors(
             runs.append((shard, batch, arena_size, length))
             arena_size += -(-length // ALIGN) * ALIGN
     arena = empty_aligned((arena_size,), np.dtype(np.uint8), huge_pages=huge) if runs else None
+    # Checking a run is a Python loop over its (up to thousands of) chunks, one checksum call each, and
+    # every call hands the GIL over: with more threads at it than two they mostly wait for each other
+    # (10k tensors, 1 GiB, 2 cores: 0.74-0.82x of the large-tensor restore with 2, 0.68-0.72x with 4).
+    # Two at a time overlap one run's read with another's checks; large chunks are not limited.
+    run_slots = threading.BoundedSemaphore(RUN_WORKERS)
+
+    def read_run(shard: str, batch: list[_Small], view: memoryview) -> None:
+        with run_slots:
+            _read_run(storage, url, step_prefix, shard, batch, view, checksum)
+
     for shard, batch, at, length in runs:
         view = memoryview(arena)[at : at + length]
-        tasks.append(lambda s=shard, b=batch, v=view: _read_run(storage, url, step_prefix, s, b, v, checksum))
+        tasks.append(lambda s=shard, b=batch, v=view: read_run(s, b, v))
 
     def make_views() -> None:
         for _shard, batch, at, _length in runs:
@@ -509,15 +522,36 @@ def _read_run(
     view: memoryview,
     checksum: str | None,
 ) -> None:
-    """One read of a run of small chunks into its place in the arena, then each chunk's checksum."""
+    """A run of small chunks into its place in the arena, each chunk checksummed as soon as its last
+    byte has landed — while it is still in cache (a 16 MiB run checked after the whole read would be
+    read back from memory)."""
     key = f"{prefix}/{shard}"
     start = batch[0][2]
-    storage.read_into(key, start, view)
-    if checksum is not None:
-        for name, _shard, offset, nbytes, stored, _dtype, _shape in batch:
-            actual = checksum_of(checksum, view[offset - start : offset - start + nbytes])
-            if actual != stored:
-                raise _checksum_error(url, key, name, Chunk(shard, offset, nbytes, stored), actual, checksum)
+    read_pieces = getattr(storage, "read_pieces", None)
+    if checksum is None or read_pieces is None or not storage.read_piece_size:
+        storage.read_into(key, start, view)
+        if checksum is not None:
+            _check_run(url, key, shard, batch, 0, len(batch), view, start, checksum)
+        return
+    checked = 0  # chunks of the batch verified so far
+    landed = 0  # bytes of the run read so far
+    for piece in read_pieces(key, start, view, RUN_PIECE):
+        landed += len(piece)
+        done = checked
+        while done < len(batch) and batch[done][2] + batch[done][3] - start <= landed:
+            done += 1
+        if done > checked:
+            _check_run(url, key, shard, batch, checked, done, view, start, checksum)
+            checked = done
+
+
+def _check_run(
+    url: str, key: str, shard: str, batch: list[_Small], lo: int, hi: int, view: memoryview, start: int, checksum: str
+) -> None:
+    for name, _shard, offset, nbytes, stored, _dtype, _shape in batch[lo:hi]:
+        actual = checksum_of(checksum, view[offset - start : offset - start + nbytes])
+        if actual != stored:
+            raise _checksum_error(url, key, name, Chunk(shard, offset, nbytes, stored), actual, checksum)
 
 
 def map_tensors(
