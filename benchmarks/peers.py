@@ -433,7 +433,7 @@ def machine() -> dict[str, Any]:
         pass
     info["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
     info["packages"] = {d: _version(d) for d in ("ckptstore", "numpy", "safetensors", "torch", "orbax-checkpoint",
-                                                 "jax", "crc32c", "fsspec", "s3fs")}
+                                                 "jax", "crc32c", "xxhash", "fsspec", "s3fs")}
     return info
 
 
