@@ -615,15 +615,17 @@ these runs and from the separate interleaved measurements named.)
 
 - **Many small tensors, warm restore** 0.67x pooled of the large-tensor warm restore (runs 0.71x /
   0.81x / 0.92x / 0.52x; target 0.8x; the crc32c runs: 1.05x). Partly the yardstick moving: the
-  large-tensor restore it is measured against got faster with XXH3 and 4 readers. And checking 10k
-  tensors costs more than checking 215: each is its own checksum call and Python iteration (~6 us of
-  CPU each, ~60 ms per GiB across the threads, measured), and every call hands the GIL over. Limiting
-  the run checks to two threads recovered part of it (0.68-0.72x to 0.81-0.88x in interleaved probes);
+  large-tensor restore it is measured against got faster with XXH3 and 4 readers — the algorithm
+  itself is not it: the same 10k tensors saved with crc32c restored at 0.72x against XXH3's 0.75x (15
+  interleaved repetitions). Checking 10k tensors costs more than checking 215: each is its own
+  checksum call, Python iteration and view (~6 us of CPU each, ~60 ms per GiB across the threads,
+  measured), under the GIL. Limiting the run checks to two threads recovered part of it (0.68-0.72x to
+  0.81-0.88x in interleaved probes; one thread: 0.33x);
   making the views in the workers instead of the main thread made no difference (0.71x vs 0.69x, 15
   repetitions), and checking every run in the calling thread while the pool only reads was worse
-  (0.70-0.73x against 0.81x for the committed code, 15 + 15 repetitions back to back). What would close it: one checksum per run of small tensors instead of one per tensor (a
-  format change), or a checksum call that keeps the GIL for small inputs (the crc32c package can;
-  python-xxhash always releases it).
+  (0.70-0.73x against 0.81x for the committed code, 15 + 15 repetitions back to back). What would
+  close it: one checksum per run of small tensors instead of one per tensor (a format change), or the
+  per-tensor loop moved out of Python.
 
 ## Met, with the margin
 

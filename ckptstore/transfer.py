@@ -455,10 +455,10 @@ def read_tensors(
             runs.append((shard, batch, arena_size, length))
             arena_size += -(-length // ALIGN) * ALIGN
     arena = empty_aligned((arena_size,), np.dtype(np.uint8), huge_pages=huge) if runs else None
-    # Checking a run is a Python loop over its (up to thousands of) chunks, one checksum call each, and
-    # every call hands the GIL over: with more threads at it than two they mostly wait for each other
-    # (10k tensors, 1 GiB, 2 cores: 0.74-0.82x of the large-tensor restore with 2, 0.68-0.72x with 4).
-    # Two at a time overlap one run's read with another's checks; large chunks are not limited.
+    # Checking a run is a Python loop over its (up to thousands of) chunks, one checksum call each: with
+    # more threads at it than two they mostly wait for each other for the GIL (10k tensors, 1 GiB,
+    # 2 cores: 0.74-0.82x of the large-tensor restore with 2, 0.68-0.72x with 4, 0.33x with 1). Two at
+    # a time overlap one run's read with another's checks; large chunks are not limited.
     run_slots = threading.BoundedSemaphore(RUN_WORKERS)
 
     def read_run(shard: str, batch: list[_Small], view: memoryview) -> None:
