@@ -37,7 +37,7 @@ _GIL_FREE_MIN = 64 << 10
 
 def crc32c(data: Buffer, value: int = 0) -> int:
     """crc32c (Castagnoli), hardware-accelerated; ``value`` continues a previous checksum."""
-    return _crc32c.crc32c(data, value, gil_release_mode=1 if len(memoryview(data)) >= _GIL_FREE_MIN else 0)
+    return _crc32c.crc32c(data, value, gil_release_mode=1 if memoryview(data).nbytes >= _GIL_FREE_MIN else 0)
 
 
 class Hasher(Protocol):

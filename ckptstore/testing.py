@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ckptstore.errors import AlreadyExists, NotFound, PreconditionFailed, StorageError, Unsupported
-from ckptstore.storage.interface import Buffer, ObjectInfo, PutMode, Storage, Version
+from ckptstore.storage.interface import Buffer, ObjectInfo, PutMode, Storage, Version, read_in_pieces
 
 
 class StorageContract:
@@ -301,11 +301,7 @@ class FaultInjectingStorage:
 
     def read_pieces(self, key: str, offset: int, out: memoryview, piece_size: int = 0) -> Iterator[memoryview]:
         # Each piece is a read_into call of this wrapper, so faults apply to (and calls record) every piece.
-        step = piece_size or getattr(self.inner, "read_piece_size", 0) or len(out) or 1
-        for i in range(0, len(out), step):
-            piece = out[i : i + step]
-            self.read_into(key, offset + i, piece)
-            yield piece
+        return read_in_pieces(self, key, offset, out, piece_size)
 
     def put(self, key: str, data: Buffer | Iterable[Buffer], mode: PutMode = "overwrite") -> ObjectInfo:
         if self._check("put", key):

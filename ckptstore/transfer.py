@@ -45,7 +45,7 @@ from ckptstore.format import (
     TensorTable,
     dtype_from_name,
 )
-from ckptstore.storage.interface import Storage
+from ckptstore.storage.interface import Storage, read_in_pieces
 
 PIECE = 8 << 20  # checksum/write granularity: big enough for few calls, small enough to stay in cache
 SMALL_CHUNK = 1 << 20  # chunks below this are read in batches and scattered
@@ -488,6 +488,15 @@ def _offset_of(item: _Small) -> int:
     return item[2]
 
 
+def _pieces(storage: Storage, key: str, offset: int, out: memoryview, piece_size: int = 0) -> Iterator[memoryview]:
+    """The backend's ``read_pieces``, or the ``read_into`` loop for a plugin that does not derive from
+    ``StorageBase`` (the method is optional)."""
+    read_pieces = getattr(storage, "read_pieces", None)
+    if read_pieces is None:
+        return read_in_pieces(storage, key, offset, out, piece_size)
+    return read_pieces(key, offset, out, piece_size)
+
+
 def _read_large(
     storage: Storage, url: str, prefix: str, name: str, chunk: Chunk, dest: memoryview, checksum: str | None
 ) -> None:
@@ -498,16 +507,8 @@ def _read_large(
     # Local reads go piece by piece so each piece is checksummed while it is still in cache; a remote
     # backend gets the whole chunk in one call, which it splits into concurrent ranged GETs itself.
     h = hasher(checksum)
-    read_pieces = getattr(storage, "read_pieces", None)
-    if read_pieces is not None:
-        for piece in read_pieces(key, chunk.offset, dest):
-            h.update(piece)
-    else:  # a plugin that does not derive from StorageBase
-        piece_size = storage.read_piece_size or chunk.nbytes
-        for i in range(0, chunk.nbytes, piece_size):
-            piece = dest[i : i + piece_size]
-            storage.read_into(key, chunk.offset + i, piece)
-            h.update(piece)
+    for piece in _pieces(storage, key, chunk.offset, dest):
+        h.update(piece)
     actual = h.intdigest()
     if actual != chunk.checksum:
         raise _checksum_error(url, key, name, chunk, actual, checksum)
@@ -527,15 +528,14 @@ def _read_run(
     read back from memory)."""
     key = f"{prefix}/{shard}"
     start = batch[0][2]
-    read_pieces = getattr(storage, "read_pieces", None)
-    if checksum is None or read_pieces is None or not storage.read_piece_size:
+    if checksum is None or not storage.read_piece_size:
         storage.read_into(key, start, view)
         if checksum is not None:
             _check_run(url, key, shard, batch, 0, len(batch), view, start, checksum)
         return
     checked = 0  # chunks of the batch verified so far
     landed = 0  # bytes of the run read so far
-    for piece in read_pieces(key, start, view, RUN_PIECE):
+    for piece in _pieces(storage, key, start, view, RUN_PIECE):
         landed += len(piece)
         done = checked
         while done < len(batch) and batch[done][2] + batch[done][3] - start <= landed:

@@ -545,3 +545,39 @@ def test_raw_baseline_reads_each_file_in_ranges_when_workers_outnumber_files(tmp
     got = raw.restore(workers)
     expected = [b"".join(model[pc.name].tobytes()[pc.start : pc.start + pc.nbytes] for pc in shard) for shard in plan.shards]
     assert [bytes(g) for g in got] == expected
+
+
+class NoReadPieces:
+    """A plugin-style backend that does not derive from StorageBase and has no ``read_pieces``."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.read_calls = 0
+
+    def read_into(self, key: str, offset: int, out: memoryview) -> None:
+        self.read_calls += 1
+        self.inner.read_into(key, offset, out)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "read_pieces":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def test_restores_fall_back_to_read_into_pieces_without_read_pieces(tmp_path: Path) -> None:
+    backend = NoReadPieces(LocalStorage(tmp_path / "p"))
+    assert not hasattr(backend, "read_pieces") and backend.read_piece_size == 2 << 20
+    store = CheckpointStore(storage=backend, workers=2)
+    state = {"big": np.arange(3 << 20, dtype=np.float32), "small": np.arange(50, dtype=np.int64)}
+    store.save(1, state)
+    restored = store.restore(1)
+    for name, value in state.items():
+        np.testing.assert_array_equal(restored[name], value)
+    assert backend.read_calls >= 6  # 12 MiB in 2 MiB pieces, plus the small run
+    chunk = store.manifest(1).tensors["big"].chunks[0]
+    path = tmp_path / "p" / step_dir(1) / chunk.shard
+    data = bytearray(path.read_bytes())
+    data[chunk.offset + 5] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="tensor big"):
+        store.restore(1)

@@ -138,11 +138,7 @@ class StorageBase:
         yielding each filled piece of ``out`` as it lands — so the caller checksums it while it is in
         cache. Optional: restores fall back to this loop of ``read_into`` calls; a backend overrides it to
         keep one handle open for all the pieces."""
-        step = piece_size or self.read_piece_size or len(out) or 1
-        for i in range(0, len(out), step):
-            piece = out[i : i + step]
-            self.read_into(key, offset + i, piece)
-            yield piece
+        return read_in_pieces(self, key, offset, out, piece_size)
 
     def close(self) -> None:
         pass
@@ -155,6 +151,15 @@ class StorageBase:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
+
+
+def read_in_pieces(storage: Storage, key: str, offset: int, out: memoryview, piece_size: int = 0) -> Iterator[memoryview]:
+    """``read_pieces`` as a loop of ``storage.read_into`` calls: the fallback for any backend."""
+    step = piece_size or storage.read_piece_size or len(out) or 1
+    for i in range(0, len(out), step):
+        piece = out[i : i + step]
+        storage.read_into(key, offset + i, piece)
+        yield piece
 
 
 def join_buffers(data: Buffer | Iterable[Buffer]) -> bytes | memoryview:
