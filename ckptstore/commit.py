@@ -65,6 +65,7 @@ from ckptstore.format import (
     parse_step_dir,
     step_dir,
 )
+from ckptstore.storage._retry import note_retry
 from ckptstore.storage.interface import ObjectInfo, PutMode, Storage, Version
 
 log = logging.getLogger("ckptstore")
@@ -211,6 +212,7 @@ def update_latest(storage: Storage, change: Callable[[Latest | None], Latest | N
             _conditional_put(storage, LATEST_KEY, encode_latest(new), mode)
             return new
         except (AlreadyExists, PreconditionFailed):
+            note_retry()  # a lost race is retried like a transient error, and counted with them
             _backoff(attempt)
     raise CommitError(f"{storage.url}/{LATEST_KEY}: gave up after {_CAS_ATTEMPTS} lost compare-and-swap races")
 

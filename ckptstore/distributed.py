@@ -60,11 +60,13 @@ from ckptstore.format import (
 from ckptstore.manager import (
     CheckpointInfo,
     CheckpointStore,
+    TransferStats,
     __version__,
     compare,
     flatten_template,
     prepare_save,
 )
+from ckptstore.storage._retry import RetryTally, counting_retries
 from ckptstore.storage.interface import Storage
 
 log = logging.getLogger("ckptstore")
@@ -196,6 +198,19 @@ def save(
         CoordinationError: a rank died or hung (the coordinator's timeout), or ranks disagreed on the
             protocol step. If it was rank 0 dying after its commit, the checkpoint is committed anyway.
     """
+    with counting_retries() as retried:
+        return _save(store, step, state, coordinator, metadata, overwrite, retried)
+
+
+def _save(
+    store: CheckpointStore,
+    step: int,
+    state: Mapping[str, Any],
+    coordinator: Coordinator,
+    metadata: Mapping[str, Any] | None,
+    overwrite: bool,
+    retried: RetryTally,
+) -> CheckpointInfo:
     started = time.perf_counter()
     me, world = coordinator.rank, coordinator.world_size
     tag = f"ckptstore.save/{step}"
@@ -262,9 +277,14 @@ def save(
                 storage.url, step, outcome["latest"],
             )
         store._housekeeping()
-        log.info("saved step %d from %d ranks to %s: %d bytes in %.3f s", step, world, storage.url,
-                 outcome["nbytes"], seconds)
-    return CheckpointInfo(step, outcome["created"], outcome["nbytes"], outcome["metadata"], outcome["num_tensors"], seconds)
+    stats = TransferStats(
+        "save", step, outcome["nbytes"], seconds, seconds, retries=retried.count,
+        files=outcome.get("files", 0), mode="distributed",
+    )
+    if me == 0:
+        log.info("%s: %s from %d ranks", storage.url, stats.describe(), world)
+    return CheckpointInfo(step, outcome["created"], outcome["nbytes"], outcome["metadata"], outcome["num_tensors"],
+                          seconds, stats)
 
 
 def _decide(store: CheckpointStore, step: int, plans: list[Any], overwrite: bool) -> dict[str, Any]:
@@ -372,7 +392,7 @@ def _commit(
     info = CheckpointInfo.from_manifest(manifest)
     return {
         "error": None, "created": info.time, "nbytes": info.nbytes, "num_tensors": info.num_tensors,
-        "metadata": dict(info.metadata), "latest": pointer.step,
+        "metadata": dict(info.metadata), "latest": pointer.step, "files": len(shards),
     }
 
 

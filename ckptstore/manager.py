@@ -35,12 +35,10 @@ from ckptstore import commit
 from ckptstore.checksum import DEFAULT as DEFAULT_CHECKSUM
 from ckptstore.checksum import check_algorithm
 from ckptstore.errors import (
-    AlreadyExists,
     CheckpointMismatch,
     CommitError,
     FormatError,
     NotFound,
-    PreconditionFailed,
     ReadOnlyError,
     TensorMismatch,
 )
@@ -73,6 +71,7 @@ from ckptstore.policies import (
     SavePolicy,
     from_run_config,
 )
+from ckptstore.storage._retry import RetryTally, counting_retries, submit
 from ckptstore.storage.interface import Storage
 from ckptstore.storage.registry import open_storage, split_scheme
 from ckptstore.transfer import (
@@ -109,10 +108,15 @@ class TransferStats:
             save, until its background write committed) or the arrays were returned (restore).
         blocked_seconds: how long the caller was blocked. Equal to ``seconds`` for blocking calls; for
             ``save(blocking=False)`` it is the wait for the previous background save plus the snapshot.
-        retries: lost compare-and-swap races on LATEST that were retried (each is a re-read and a
-            rewrite). Transport retries inside a backend are logged by ``"ckptstore.storage"``.
+        retries: requests retried: storage requests that met a transient error (throttling, a 5xx, a
+            dropped connection or a timeout, in any thread working for this call) and compare-and-swap
+            races on LATEST lost to another writer (each a re-read and a rewrite). Transport retries
+            are also logged at DEBUG by ``"ckptstore.storage"``. For a distributed save: this rank's. Not seen:
+            resends an HTTP client makes by itself (aiohttp, under gcsfs, resends an idempotent GET or
+            HEAD once when a kept-alive connection turns out closed).
         files: shard files written or read.
-        mode: ``"blocking"`` or ``"background"`` for saves; ``"read"`` or ``"mmap"`` for restores.
+        mode: ``"blocking"``, ``"background"`` or ``"distributed"`` for saves; ``"read"`` or ``"mmap"``
+            for restores.
     """
 
     operation: str
@@ -221,30 +225,6 @@ class SaveHandle:
     def __repr__(self) -> str:
         state = "running" if not self.done() else "failed" if self._future.exception() else "committed"
         return f"SaveHandle(step={self.step}, {state})"
-
-
-class _RaceCounter:
-    """A storage proxy that counts conditional LATEST writes lost to a concurrent writer (each is retried)."""
-
-    def __init__(self, inner: Storage):
-        self._inner = inner
-        self.lost = 0
-
-    def put(self, key: str, data: Any, mode: Any = "overwrite") -> Any:
-        try:
-            return self._inner.put(key, data, mode)
-        except (AlreadyExists, PreconditionFailed):
-            if key == LATEST_KEY:
-                self.lost += 1
-            raise
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-# ---------------------------------------------------------------------------------------------
-# State flattening
-# ---------------------------------------------------------------------------------------------
 
 
 def _is_arraylike(value: Any) -> bool:
@@ -642,7 +622,7 @@ class CheckpointStore:
         """
         started = time.perf_counter()
         self._check_writable("save")
-        with self._save_lock:
+        with self._save_lock, counting_retries() as retried:
             self.wait()
             step, prepared, scalars, metadata = prepare_save(step, state, metadata)
             specs = {name: (dtype_name(a.dtype), tuple(a.shape)) for name, a in prepared.items()}
@@ -658,15 +638,16 @@ class CheckpointStore:
             plan = self._plan([(name, a.nbytes) for name, a in prepared.items()])
             if blocking:
                 return self._write_and_commit(step, prepared, specs, scalars, metadata, plan, overwrite, None,
-                                              started, None)
+                                              started, None, retried)
             buffers = self._staging.acquire(plan.shard_sizes)
             stage(prepared, plan, buffers, self.workers)
             del prepared  # the caller owns its arrays again
             blocked = time.perf_counter() - started
             if self._background is None:
                 self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptstore-save")
-            future = self._background.submit(
-                self._write_and_commit, step, {}, specs, scalars, metadata, plan, overwrite, buffers, started, blocked
+            future = submit(  # in this context: the background write's retries count for this save
+                self._background, self._write_and_commit,
+                step, {}, specs, scalars, metadata, plan, overwrite, buffers, started, blocked, retried,
             )
             handle = SaveHandle(step, future, blocked)
             self._pending = handle
@@ -760,10 +741,10 @@ class CheckpointStore:
         staged: Sequence[memoryview] | None,
         started: float,
         blocked: float | None,
+        retried: RetryTally,
     ) -> CheckpointInfo:
         """Write the shards (from the arrays or the staging buffers), commit, advance LATEST, prune."""
         storage = self._storage
-        counter = _RaceCounter(storage)
         with self._using(step):
             attempt = commit.new_attempt_id()
             prefix = step_dir(step)
@@ -785,7 +766,7 @@ class CheckpointStore:
                 self._discard_attempt(prefix, attempt)
                 raise
             self._manifests[step] = manifest
-            pointer = commit.advance_latest(counter, commit.latest_from_manifest(manifest))  # type: ignore[arg-type]
+            pointer = commit.advance_latest(storage, commit.latest_from_manifest(manifest))
         if pointer.step > step:
             log.warning(
                 "%s: step %d is committed, but LATEST stays at the newer step %d (it never moves backwards)",
@@ -795,7 +776,7 @@ class CheckpointStore:
         seconds = time.perf_counter() - started
         stats = TransferStats(
             "save", step, info.nbytes, seconds, seconds if blocked is None else blocked,
-            retries=counter.lost, files=len(plan.shards), mode="blocking" if staged is None else "background",
+            retries=retried.count, files=len(plan.shards), mode="blocking" if staged is None else "background",
         )
         self._housekeeping()
         log.info("%s: %s", storage.url, stats.describe())
@@ -889,6 +870,19 @@ class CheckpointStore:
             CheckpointMismatch: ``like`` differs from the checkpoint (lists every difference).
             ChecksumError, FormatError: the checkpoint is damaged; nothing is returned.
         """
+        with counting_retries() as retried:
+            return self._restore(step, names, like, strict, verify, mmap, retried)
+
+    def _restore(
+        self,
+        step: int | None,
+        names: Iterable[str] | None,
+        like: Mapping[str, Any] | None,
+        strict: bool,
+        verify: bool | None,
+        mmap: bool,
+        retried: RetryTally,
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         manifest = self.manifest(step)
         where = f"{self._storage.url}@{manifest.step}"
@@ -926,7 +920,7 @@ class CheckpointStore:
                 )
         seconds = time.perf_counter() - started
         stats = TransferStats(
-            "restore", manifest.step, nbytes_of(entries), seconds, seconds,
+            "restore", manifest.step, nbytes_of(entries), seconds, seconds, retries=retried.count,
             files=len(needed), mode="mmap" if mmap else "read",
         )
         self._last_restore_stats = stats

@@ -45,6 +45,7 @@ from ckptstore.format import (
     TensorTable,
     dtype_from_name,
 )
+from ckptstore.storage._retry import submit
 from ckptstore.storage.interface import Storage, read_in_pieces
 
 PIECE = 8 << 20  # checksum/write granularity: big enough for few calls, small enough to stay in cache
@@ -102,7 +103,7 @@ def run_parallel(
             meanwhile()
         return results
     with ThreadPoolExecutor(max_workers=min(workers, len(tasks)), thread_name_prefix="ckptstore-io") as pool:
-        futures: list[Future[T]] = [pool.submit(t) for t in tasks]
+        futures: list[Future[T]] = [submit(pool, t) for t in tasks]
         if meanwhile is not None:
             try:
                 meanwhile()

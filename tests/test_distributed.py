@@ -154,6 +154,9 @@ def test_four_ranks_commit_one_manifest_and_restore_at_any_world_size(model_dir)
     assert all(not isinstance(i, BaseException) for i in infos), infos
     assert len({(i.step, i.time, i.nbytes, i.num_tensors) for i in infos}) == 1
     assert infos[0].metadata == {"rank0": 0} and infos[0].num_tensors == 7
+    for i in infos:  # each rank's own cost report, the whole checkpoint's bytes and shard files
+        assert i.stats is not None and (i.stats.operation, i.stats.mode, i.stats.retries) == ("save", "distributed", 0)
+        assert i.stats.nbytes == i.nbytes and i.stats.files == len(stores[0].manifest(10).shards) and i.stats.seconds > 0
     store = stores[0]
     assert store.latest().step == 10
     manifest = store.manifest(10)

@@ -16,13 +16,15 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import BACKENDS
 from servers import S3_KEY, FaultProxy, free_port, in_ci, unavailable
 
 from ckptstore.errors import AlreadyExists, NotFound, PreconditionFailed, StorageError
+from ckptstore.manager import CheckpointStore
 from ckptstore.storage import Storage, open_storage
-from ckptstore.storage._retry import RetryPolicy, split_upload
+from ckptstore.storage._retry import RetryPolicy, counting_retries, split_upload
 from ckptstore.testing import StorageContract
 
 MiB = 1024 * 1024
@@ -471,6 +473,72 @@ def test_persistent_faults_give_up_at_the_deadline_naming_url_and_operation(requ
     assert s.url + "/LATEST" in msg and "put failed" in msg and "503" in msg and "gave up after" in msg, msg
     assert 0.5 < elapsed < 5, elapsed
     assert 2 <= proxy.requests < 100
+
+
+@pytest.mark.parametrize("name", ["s3-moto", "gcs"])
+def test_retries_in_pool_threads_count_for_the_caller(request, name):
+    """Parts go up and ranges come down on the backend's own threads; their retries still count in the
+    tally the calling thread opened (the context travels with each submitted part)."""
+    server = _server(request, name)
+    policy = RetryPolicy(deadline=30, max_attempts=8, base_delay=0.01, max_delay=0.05)
+    part = _SMALL_PARTS[name]
+    blob = _pattern(4 * part)
+    with FaultProxy(server.endpoint) as proxy:
+        with _through(proxy, name, server, retry=policy, part_size=part, multipart_threshold=0) as s:
+            s.put("big", blob)
+            out = bytearray(len(blob))
+            proxy.faults += ["503", "500", "503"]
+            with counting_retries() as tally:
+                worker_threads = _Peak(s, "_read_range")  # the four ranges run on the pool
+                s.read_into("big", 0, memoryview(out))
+            assert proxy.faults_served == 3 and tally.count == 3
+            assert worker_threads.calls == 4 and worker_threads.peak >= 2 and out == blob  # on several threads
+            with counting_retries() as outer:
+                proxy.faults += ["503"]
+                with counting_retries() as inner:
+                    s.put("big2", blob)
+                proxy.faults += ["500"]
+                assert s.get("big2") == blob
+            assert (inner.count, outer.count) == (1, 2)  # nested tallies: the inner one counts in both
+        with counting_retries() as idle:
+            pass
+        assert idle.count == 0
+
+
+@pytest.mark.parametrize("name", ["s3-moto", "gcs"])
+def test_save_and_restore_stats_count_transport_retries(request, name, caplog):
+    """``TransferStats.retries`` counts every request retried for that save or restore, in any thread
+    (the background writer, the shard writers, the backend's part and range threads)."""
+    server = _server(request, name)
+    policy = RetryPolicy(deadline=30, max_attempts=8, base_delay=0.01, max_delay=0.05)
+    part = _SMALL_PARTS[name]
+    rng = np.random.default_rng(3)
+    state = {"w": rng.random(3 * part // 8 + 1000), "b": rng.random(100)}
+    with FaultProxy(server.endpoint) as proxy:
+        with _through(proxy, name, server, retry=policy, part_size=part, multipart_threshold=0) as s:
+            store = CheckpointStore(storage=s, workers=2)
+            first = store.save(1, state)
+            assert first.stats is not None and first.stats.retries == 0
+            # Not "reset": aiohttp (GCS) resends an idempotent GET or HEAD once by itself when a kept-alive
+            # connection drops, unseen by ckptstore's retry loop, so such a retry is not counted.
+            proxy.faults += ["503", "500", "503", "503"]
+            with caplog.at_level(logging.INFO, logger="ckptstore"):
+                info = store.save(2, state)
+            assert proxy.faults_served == 4
+            assert info.stats is not None and info.stats.retries == 4
+            assert "save step 2 (blocking)" in caplog.text and "4 retries" in caplog.text
+            proxy.faults += ["503", "503", "500"]
+            background = store.save(3, state, blocking=False).result()
+            assert proxy.faults_served == 7
+            assert background.stats is not None and background.stats.retries == 3
+            assert background.stats.mode == "background"
+            proxy.faults += ["500", "503"]
+            restored = store.restore(3)
+            assert proxy.faults_served == 9
+            assert store.last_restore_stats is not None and store.last_restore_stats.retries == 2
+            assert np.array_equal(restored["w"], state["w"]) and np.array_equal(restored["b"], state["b"])
+            store.restore(3)
+            assert store.last_restore_stats.retries == 0  # each call has its own count
 
 
 def test_non_transient_errors_are_not_retried(s3_moto):

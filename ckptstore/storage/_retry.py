@@ -5,16 +5,24 @@ sleeps up to 32 s between six attempts; botocore's budget is counted in attempts
 dead endpoint could hold a training job for minutes. The backends switch client retries off and call
 ``retry_call``, which stops at whichever comes first: ``max_attempts`` or ``deadline`` seconds since the
 first attempt. The caller decides what is transient; everything else propagates at once.
+
+Every retry is also counted for whoever is watching: ``counting_retries()`` opens a tally in the calling
+context, ``note_retry()`` adds to it (``retry_call`` does; so can a plugin with its own retry loop), and
+``submit`` carries the caller's context into pool threads, so a save's ``TransferStats.retries`` includes
+the retries of every request made on its behalf, in whichever thread.
 """
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -24,6 +32,50 @@ from ckptstore.storage.interface import Buffer, as_bytes_view
 T = TypeVar("T")
 
 logger = logging.getLogger("ckptstore.storage")
+
+
+class RetryTally:
+    """Requests retried after a transient error while a ``counting_retries()`` block ran (any thread)."""
+
+    def __init__(self, parent: RetryTally | None = None):
+        self._lock = threading.Lock()
+        self._parent = parent
+        self.count = 0
+
+    def add(self) -> None:
+        with self._lock:
+            self.count += 1
+        if self._parent is not None:
+            self._parent.add()
+
+
+_tally: contextvars.ContextVar[RetryTally | None] = contextvars.ContextVar("ckptstore_retries", default=None)
+
+
+@contextmanager
+def counting_retries() -> Iterator[RetryTally]:
+    """Count the retries of every request made in this block, including threads started with ``submit``.
+
+    Blocks nest: a retry counts in the innermost tally and in every tally around it.
+    """
+    tally = RetryTally(_tally.get())
+    token = _tally.set(tally)
+    try:
+        yield tally
+    finally:
+        _tally.reset(token)
+
+
+def note_retry() -> None:
+    """Record one retried request in the caller's tally, if any (for storage plugins that retry)."""
+    tally = _tally.get()
+    if tally is not None:
+        tally.add()
+
+
+def submit(pool: Executor, fn: Callable[..., T], /, *args: Any) -> Future[T]:
+    """``pool.submit(fn, *args)`` run in a copy of the caller's context (so its retries count for the caller)."""
+    return pool.submit(contextvars.copy_context().run, fn, *args)
 
 
 @dataclass(frozen=True)
@@ -93,6 +145,7 @@ def retry_call(
             if attempt >= policy.max_attempts or elapsed + pause >= policy.deadline:
                 raise RetriesExhausted(e, attempt, elapsed) from e
             logger.debug("%s: transient %s (attempt %d), retrying in %.2fs", what, type(e).__name__, attempt, pause)
+            note_retry()
             time.sleep(pause)
 
 

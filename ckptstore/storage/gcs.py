@@ -57,6 +57,7 @@ from ckptstore.storage._retry import (  # noqa: E402
     redact_url,
     retry_call,
     split_upload,
+    submit,
     wait_all,
 )
 from ckptstore.storage.interface import (  # noqa: E402
@@ -338,7 +339,7 @@ class GCSStorage(StorageBase):
         if first == len(view):
             return
         pool = self._executor()
-        futures = [pool.submit(self._read_range, key, offset + lo, view[lo:lo + self.part_size], gen)
+        futures = [submit(pool, self._read_range, key, offset + lo, view[lo:lo + self.part_size], gen)
                    for lo in range(first, len(view), self.part_size)]
         wait_all(futures)
 
@@ -505,7 +506,7 @@ class GCSStorage(StorageBase):
                     next(f for f in futures if not f.done()).result()
                 temp = f"{stem}.part-{number:05d}"
                 temps.append(temp)
-                futures.append(pool.submit(self._upload, key, temp, part, {}))
+                futures.append(submit(pool, self._upload, key, temp, part, {}))
             wait_all(futures)
             sources = list(temps)
             round_no = 0
@@ -513,7 +514,7 @@ class GCSStorage(StorageBase):
                 groups = [sources[i:i + _COMPOSE_MAX] for i in range(0, len(sources), _COMPOSE_MAX)]
                 names = [f"{stem}.compose-{round_no}-{i:05d}" for i in range(len(groups))]
                 temps += names
-                wait_all([pool.submit(self._compose, key, n, g, {}) for n, g in zip(names, groups, strict=True)])
+                wait_all([submit(pool, self._compose, key, n, g, {}) for n, g in zip(names, groups, strict=True)])
                 sources, round_no = names, round_no + 1
             return self._compose(key, name, sources, condition)
         finally:
@@ -529,7 +530,7 @@ class GCSStorage(StorageBase):
                 except Exception:  # best effort: leftovers are listed and collected as garbage later
                     pass
 
-            concurrent.futures.wait([pool.submit(remove, t) for t in temps])
+            concurrent.futures.wait([submit(pool, remove, t) for t in temps])
 
     def _compose(self, key: str, dest: str, sources: list[str], condition: dict[str, str]) -> dict[str, Any]:
         body = {"sourceObjects": [{"name": s} for s in sources],

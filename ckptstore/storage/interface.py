@@ -17,6 +17,11 @@ Rules every backend follows (``ckptstore.testing.StorageContract`` checks them):
 
 Parallelism lives above this layer (``ckptstore.transfer`` runs calls from a thread pool), so every
 method must be safe to call from several threads at once.
+
+A backend that retries a request after a transient error calls ``ckptstore.storage.note_retry()`` once
+per retry, so the retry shows in the calling save's or restore's ``TransferStats.retries``; requests it
+runs on threads of its own are started in a copy of the caller's context (``contextvars``) so they count
+for the call that caused them.
 """
 
 from __future__ import annotations

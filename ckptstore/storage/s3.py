@@ -45,6 +45,7 @@ from ckptstore.storage._retry import (
     redact_url,
     retry_call,
     split_upload,
+    submit,
     wait_all,
 )
 from ckptstore.storage.interface import (
@@ -428,7 +429,7 @@ class S3Storage(StorageBase):
             return
         pool = self._executor()
         futures = [
-            pool.submit(self._read_range, key, offset + lo, view[lo:lo + self.part_size], etag)
+            submit(pool, self._read_range, key, offset + lo, view[lo:lo + self.part_size], etag)
             for lo in range(first, len(view), self.part_size)
         ]
         wait_all(futures)
@@ -594,7 +595,7 @@ class S3Storage(StorageBase):
                 # generator producing copies cannot run ahead of the network.
                 while sum(not f.done() for f in futures) >= self.max_concurrency:
                     next(f for f in futures if not f.done()).result()
-                futures.append(pool.submit(self._upload_part, key, s3key, upload_id, number, part))
+                futures.append(submit(pool, self._upload_part, key, s3key, upload_id, number, part))
             done = wait_all(futures)
             resp = self._conditional_call(
                 "put (complete multipart upload)", key, s3key,
