@@ -15,6 +15,7 @@ The manifest's own seal and the LATEST pointer keep crc32c (they are small).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import crc32c as _crc32c
@@ -74,6 +75,15 @@ def hasher(algorithm: str) -> Hasher:
         return xxhash.xxh3_64()
     if algorithm == CRC32C:
         return _Crc32cHasher()
+    raise ValueError(check_algorithm(algorithm))
+
+
+def checksum_function(algorithm: str) -> Callable[[Buffer], int]:
+    """The one-call checksum function of ``algorithm`` (to call in a loop without dispatching each time)."""
+    if algorithm == XXH3_64:
+        return xxhash.xxh3_64_intdigest
+    if algorithm == CRC32C:
+        return crc32c
     raise ValueError(check_algorithm(algorithm))
 
 

@@ -31,7 +31,7 @@ import re
 from collections.abc import ItemsView, Iterator, Mapping, Sequence, ValuesView
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any
 
 import crc32c as _crc32c
@@ -86,6 +86,7 @@ _SHARD_PART = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}"
 _SHARD_RE = re.compile(rf"{_SHARD_PART}(/{_SHARD_PART})?")
 
 
+@cache  # a closed set of names; a restore asks once per tensor
 def dtype_from_name(name: str) -> np.dtype:
     """The numpy dtype (little-endian) for a format dtype name; ``FormatError`` outside the closed set."""
     if name in _NUMPY_DTYPES:
@@ -168,6 +169,40 @@ assert CHUNK_RECORD.itemsize == 28
 # The same in a 2.x manifest: a 32-bit crc32c (decoded into CHUNK_RECORDs).
 CHUNK_RECORD_V2 = np.dtype([("shard", "<u4"), ("offset", "<u8"), ("nbytes", "<u8"), ("checksum", "<u4")])
 assert CHUNK_RECORD_V2.itemsize == 24
+
+
+@dataclass(frozen=True, eq=False)
+class SmallChunks:
+    """Tensors held in one small chunk each, as columns (``TensorTable.small_and_large``): row ``k``
+    is tensor ``names[index[k]]``. Offsets and sizes are int64 (validated shards hold < 2**63 bytes)."""
+
+    names: Sequence[str]  # every name of the table; ``index`` picks
+    index: np.ndarray  # position of each small tensor in the table
+    shard_names: Sequence[str]
+    shard: np.ndarray  # index into shard_names
+    offset: np.ndarray
+    nbytes: np.ndarray
+    checksum: np.ndarray  # uint64
+    dtypes: Sequence[str]  # the distinct dtype names ``dtype`` indexes
+    dtype: np.ndarray
+    dims: np.ndarray  # the table's concatenated shapes; a tensor's are dims[dim_start:dim_stop]
+    dim_start: np.ndarray
+    dim_stop: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def rows(self) -> list[tuple[str, str, int, int, int, str, tuple[int, ...]]]:
+        """``(name, shard, offset, nbytes, checksum, dtype, shape)`` per row (for tests and debugging)."""
+        dims = self.dims.tolist()
+        return [
+            (self.names[i], self.shard_names[s], o, n, c, self.dtypes[d], tuple(dims[a:b]))
+            for i, s, o, n, c, d, a, b in zip(
+                self.index.tolist(), self.shard.tolist(), self.offset.tolist(), self.nbytes.tolist(),
+                self.checksum.tolist(), self.dtype.tolist(), self.dim_start.tolist(), self.dim_stop.tolist(),
+                strict=True,
+            )
+        ]
 
 
 class TensorTable(Mapping[str, TensorEntry]):
@@ -327,21 +362,34 @@ class TensorTable(Mapping[str, TensorEntry]):
             index = self._index = dict(zip(self._names, range(len(self._names)), strict=True))
         return index
 
-    def small_and_large(self, limit: int) -> tuple[list[tuple[str, str, int, int, int, str, tuple[int, ...]]], list[str]]:
+    def small_and_large(self, limit: int) -> tuple[SmallChunks, list[str]]:
         """Split the tensors for a restore without building entries: ``(small, large)`` where ``small``
-        lists ``(name, shard, offset, nbytes, checksum, dtype, shape)`` of every tensor held in one chunk of
-        1 to ``limit - 1`` bytes, and ``large`` names the rest (read through ``table[name]``)."""
-        dtype, dim_start, dims, chunk_start, shard, offset, nbytes, crc = self._columns()
-        dtypes, shard_names = self._dtypes, self._shard_names
-        small = []
-        large = []
-        for i, name in enumerate(self._names):
-            j = chunk_start[i]
-            if chunk_start[i + 1] - j == 1 and 0 < nbytes[j] < limit:
-                small.append((name, shard_names[shard[j]], offset[j], nbytes[j], crc[j], dtypes[dtype[i]],
-                              tuple(dims[dim_start[i] : dim_start[i + 1]])))
-            else:
-                large.append(name)
+        holds, as columns, every tensor held in one chunk of 1 to ``limit - 1`` bytes, and ``large``
+        names the rest (read through ``table[name]``).
+
+        A few numpy operations and no Python object per small tensor: a restore plans its reads from
+        these columns while nothing is being read yet."""
+        names = self._names
+        first = np.zeros(len(names), np.int64)
+        if len(names) > 1:
+            np.cumsum(self._nchunks[:-1], out=first[1:])
+        records = self._chunks
+        if len(records):
+            first_nbytes = records["nbytes"][np.minimum(first, len(records) - 1)]  # chunkless: any valid row
+        else:
+            first_nbytes = np.zeros(len(names), np.uint64)
+        small_mask = (self._nchunks == 1) & (first_nbytes > 0) & (first_nbytes < limit)
+        picked = np.flatnonzero(small_mask)
+        large = [names[i] for i in np.flatnonzero(~small_mask).tolist()]
+        rows = records[first[picked]]
+        dim_start = np.zeros(len(names) + 1, np.int64)
+        np.cumsum(self._ndim, out=dim_start[1:])
+        small = SmallChunks(
+            names=names, index=picked, shard_names=self._shard_names, shard=rows["shard"].astype(np.int64),
+            offset=rows["offset"].astype(np.int64), nbytes=rows["nbytes"].astype(np.int64),
+            checksum=rows["checksum"], dtypes=self._dtypes, dtype=self._dtype[picked],
+            dims=self._dims, dim_start=dim_start[picked], dim_stop=dim_start[picked + 1],
+        )
         return small, large
 
     def shards_used(self) -> set[str]:

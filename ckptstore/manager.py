@@ -902,10 +902,11 @@ class CheckpointStore:
                 bad = {m.name for m in mismatches}
                 selected = [n for n in selected if n not in bad]
         tensors = manifest.tensors
-        wanted = [n for n in selected if n in tensors]
+        whole = names is None and len(selected) == len(tensors) + len(manifest.scalars)
+        wanted = list(tensors) if whole else [n for n in selected if n in tensors]
         # Every tensor, in manifest order (the usual restore): the manifest's own mapping, so a 2.0
         # table is planned from its columns without an entry per tensor.
-        entries = tensors if wanted == list(tensors) else {n: tensors[n] for n in wanted}
+        entries = tensors if whole or wanted == list(tensors) else {n: tensors[n] for n in wanted}
         with self._using(manifest.step):
             prefix = step_dir(manifest.step)
             needed = shards_of(entries)
@@ -925,6 +926,9 @@ class CheckpointStore:
         )
         self._last_restore_stats = stats
         log.info("%s: %s", self._storage.url, stats.describe())
+        if whole:  # tensors in manifest order, then the scalars: no per-name pass
+            arrays.update(manifest.scalars)
+            return arrays
         return {n: arrays[n] if n in arrays else manifest.scalars[n] for n in selected}
 
     @property

@@ -606,3 +606,29 @@ def test_shards_holding_more_than_2_to_the_63_bytes_are_refused():
     with pytest.raises(FormatError, match=rf"m: the shards hold {2**63} bytes together \(at most {2**63 - 1}\)"):
         decode_manifest(data, "m")
     decode_manifest(encode_manifest(_huge(2**15 - 1, 0)), "m")
+
+
+@pytest.mark.parametrize("plan", [{}, {"chunk_size": 4096, "max_shard_size": 16384, "target_shard_size": 8192}])
+@pytest.mark.parametrize("limit", [1, 8, 4096, 4097, 1 << 20])
+def test_small_and_large_splits_exactly_as_the_entries_say(plan, limit):
+    """The vectorized split a restore plans from equals the definition, computed entry by entry."""
+    m = _laid_out(MIXED, **plan)
+    table = decode_manifest(encode_manifest(m), "m").tensors
+    expected_small, expected_large = [], []
+    for name, e in m.tensors.items():
+        if len(e.chunks) == 1 and 0 < e.chunks[0].nbytes < limit:
+            c = e.chunks[0]
+            expected_small.append((name, c.shard, c.offset, c.nbytes, c.checksum, e.dtype, e.shape))
+        else:
+            expected_large.append(name)
+    columns, large = table.small_and_large(limit)
+    small = columns.rows()
+    assert (small, large) == (expected_small, expected_large)
+    assert all(type(v) is int for item in small for v in (*item[2:5], *item[6]))  # plain ints, not numpy
+    assert {s[0] for s in small} | set(large) == set(m.tensors) and (limit == 1) == (not small)
+
+
+def test_small_and_large_of_an_empty_table():
+    table = decode_manifest(encode_manifest(_laid_out({})), "m").tensors
+    columns, large = table.small_and_large(1 << 20)
+    assert (columns.rows(), large) == ([], [])

@@ -488,6 +488,45 @@ def test_restore_plans_a_whole_table_like_its_entries(tmp_path: Path) -> None:
             restore()
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_small_chunk_runs_follow_the_batching_rules(seed: int) -> None:
+    """Runs cover every small chunk once, in file order, never cross a shard or a hole over BATCH_GAP,
+    span at most BATCH_SPAN unless one chunk alone does, and start page-aligned in the arena."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    shard = rng.integers(0, 3, n)
+    sizes = rng.integers(1, transfer.SMALL_CHUNK, n)
+    offsets = np.zeros(n, np.int64)
+    for s in range(3):  # lay each shard's chunks out in a shuffled order with random holes
+        rows = rng.permutation(np.flatnonzero(shard == s))
+        holes = rng.choice([0, 64, 4096, transfer.BATCH_GAP, transfer.BATCH_GAP + 1, 3 << 20], len(rows))
+        ends = np.cumsum(sizes[rows] + holes)
+        offsets[rows] = ends - sizes[rows]
+    small = format.SmallChunks(
+        names=[f"t{i}" for i in range(n)], index=np.arange(n), shard_names=["a", "b", "c"], shard=shard,
+        offset=offsets, nbytes=sizes, checksum=np.zeros(n, np.uint64), dtypes=["uint8"], dtype=np.zeros(n, np.uint8),
+        dims=sizes.astype("<u8"), dim_start=np.arange(n), dim_stop=np.arange(n) + 1,
+    )
+    runs = transfer._plan_runs(small)
+    rows = np.concatenate([r.rows for r in runs])
+    assert sorted(rows.tolist()) == list(range(n))
+    at = 0
+    for r in runs:
+        assert r.at == at and r.at % 4096 == 0
+        at += -(-r.length // 4096) * 4096
+        assert set(shard[r.rows].tolist()) == {"abc".index(r.shard)}
+        start, end = offsets[r.rows], offsets[r.rows] + sizes[r.rows]
+        assert (np.diff(start) > 0).all() and r.start == start[0] and r.length == end[-1] - start[0]
+        assert (start[1:] - end[:-1] <= transfer.BATCH_GAP).all()
+        assert r.length <= transfer.BATCH_SPAN or len(r.rows) == 1
+    # Greedy: the next chunk in the same shard would have broken a rule.
+    for r, nxt in zip(runs, runs[1:], strict=False):
+        if r.shard == nxt.shard:
+            first = nxt.rows[0]
+            gap = offsets[first] - (r.start + r.length)
+            assert gap > transfer.BATCH_GAP or offsets[first] + sizes[first] - r.start > transfer.BATCH_SPAN
+
+
 class ConcurrencyProbe(FaultInjectingStorage):
     """Counts how many reads are in flight at once; each read waits a little so overlaps are certain."""
 

@@ -147,6 +147,7 @@ def test_low_precision_without_ml_dtypes_is_a_clear_error(monkeypatch):
     from ckptstore.format import dtype_from_name
 
     monkeypatch.setitem(__import__("sys").modules, "ml_dtypes", None)
+    dtype_from_name.cache_clear()  # earlier tests may have resolved bfloat16 while ml_dtypes was there
     with pytest.raises(FormatError, match=r"bfloat16 needs the ml_dtypes package: pip install 'ckptstore\[bf16\]'"):
         dtype_from_name("bfloat16")
 
