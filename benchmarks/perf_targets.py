@@ -573,11 +573,12 @@ def report(r: dict[str, Any], command: str, env: dict[str, Any]) -> str:
 ANALYSIS = """
 ## How ckptstore gets there
 
-(Written for the four 1 GiB runs of 2026-11-27 17:35–18:01 UTC (4 × 7 repetitions, load 1.2–2.5)
+(Written for the four 1 GiB runs of 2026-11-27 19:53–20:05 UTC (4 × 7 repetitions, load 1.2–2.8)
 pooled in `results/perf_targets.md`, on the final code: manifest format 3.0 with XXH3-64 chunk
-checksums, 4 reader threads, 2 MiB read pieces. Runs of the previous code (crc32c, 2 readers, 8 MiB
-pieces, one open per piece; 15:32 and 15:35 UTC) are quoted as "the crc32c runs". Numbers come from
-these runs and from the separate interleaved measurements named.)
+checksums, 4 reader threads, 2 MiB read pieces, small-tensor restores planned in numpy. "The 18:00
+runs" are the four pooled runs of 17:35–18:01 UTC on the previous code (small tensors planned per
+tensor in Python, at most two small-tensor runs in flight), whose warm restores were single runs.
+Numbers come from these runs and from the separate interleaved measurements named.)
 
 - **Save**: one shard per worker thread (2 here), sized by the smallest target that yields no more shards
   than workers. Each thread streams its shard from the arrays' own memory in 8 MiB pieces, hashing each
@@ -597,11 +598,17 @@ these runs and from the separate interleaved measurements named.)
   ~10% slower); reading each piece through its own `read_into` (a symlink check and an open per piece,
   Python under the GIL) had cost ~80 ms of thread time per GiB. Local disk restores use 4 reader threads
   (`read_workers`): this virtual disk's cold reads ran 1.4x faster with 4 requests in flight than with 2,
-  and cached reads lost nothing. Small single-chunk tensors are read run by run (<= 16 MiB, in 1 MiB
-  pieces, each tensor checked once its last byte has landed) into one shared page-aligned arena and
-  returned as views of it; at most two runs at a time, because checking a run is a Python loop whose
-  checksum calls each hand the GIL over (10k tensors: 0.68-0.72x of the large-tensor restore with 4
-  threads at it, 0.81-0.88x with 2). Destination memory is numpy's (huge pages) on local disk.
+  and cached reads lost nothing. Destination memory is numpy's (huge pages) on local disk.
+- **Many small tensors, restore**: the manifest's columns give the small single-chunk tensors as numpy
+  arrays; runs (neighbours in a shard, <= 16 MiB, no hole over 64 KiB) are found with `lexsort` and
+  `searchsorted`, one Python step per run, so no per-tensor work happens before the first read (it was
+  ~30 ms per 10k tensors: a tuple per tensor, a sort and a loop, and per-name passes in the manager).
+  Each run is read in 1 MiB pieces into one shared page-aligned arena, each tensor checked (one direct
+  XXH3 call) once its last byte has landed; as many runs at a time as large chunks (4). Names, shapes
+  and the returned views — one `ndarray` constructor each, 0.5 us against 1.4 us for a slice, view and
+  reshape — are made in the calling thread while the reads run. In interleaved probes (11
+  repetitions) this took the 10k-tensor restore from 0.73-0.76x to 0.81-0.85x of the large-tensor
+  restore; with the old per-tensor planning, more than two runs at once had been slower.
 - **Background save**: the state is copied by 2 threads into staging buffers laid out exactly like the
   shard files (page-aligned, reused by every later background save); a background thread writes them as
   a few large sequential writes per shard.
@@ -609,55 +616,53 @@ these runs and from the separate interleaved measurements named.)
 - **The cold baseline** reads ckptstore's own shard files (files written at different times read back
   cold up to 1.4x apart on this virtual disk, which used to decide the comparison), with 2 and with 4
   threads; the faster of the two in each repetition is the baseline.
+- **Warm restores are the faster of two back-to-back runs**, on every side. In the 18:00 runs single
+  warm restores spread 0.17-1.57 s (ckptstore) and 0.13-0.82 s (raw) per GiB: fresh destination
+  memory in this long-lived process waited at random on transparent-huge-page compaction, and the
+  medians landed wherever the stalls fell. Taking the faster of two removed that (spreads now
+  0.17-0.30 s and 0.12-0.35 s) and made the runs agree (warm 0.66-0.76x, was 0.65-1.09x).
 
 ## Targets not met, by how much and why
 
-- **Warm restore** 0.75x pooled (runs 0.66x / 0.76x / 0.65x / 1.09x; target 0.8x; the crc32c runs:
-  0.72x). The repetitions are bimodal on both sides: a restore that allocates 1 GiB of fresh memory in this long-lived process
-  (several GiB allocated and freed before it) sometimes waits for transparent-huge-page compaction —
-  ckptstore 0.17-1.57 s, raw 0.13-0.82 s across the runs — and the medians land wherever the stalls
-  fall. The runs without stalls agree: ckptstore's best runs are 0.74-0.77x of the raw reader's (0.17
-  against 0.13 s per GiB). What the remaining ~40 ms is: the XXH3 pass over 1 GiB on 2 cores (~15-25 ms;
-  `verify=False` restores measured 0.83-0.94x of raw in the interleaved probes) and the per-tensor work
-  a raw reader skips — 230 chunk reads into 16 separately allocated arrays and an arena instead of two
-  `preadv`s into two buffers (~10-15 ms). In the peer benchmark's run (`results/peers-local-1024MiB.md`,
-  17:44 UTC, fewer allocations before each restore) ckptstore's warm restore ran 6137 MB/s against the
-  raw reader's 6782 (0.90x), with no stall in any repetition.
-- **Cold restore** 0.84x pooled (runs 0.84x / 0.62x / 0.80x / 0.87x; target 0.9x; the crc32c runs:
-  0.69x against a 2-thread raw reader of other files). Both sides wait for the same shared virtual
-  disk, whose cold throughput moved 0.5-3 s per GiB between repetitions, so the per-run verdicts swing
-  (1.07x in a 7-repetition run at 17:11 on nearly the same code, 0.93x in the `ckptstore bench` run of
-  17:41). ckptstore's cold reads now have what the fastest raw reader has
-  (4 requests in flight, the same files); what remains is 2 MiB `preadv`s with a hash between them
-  against one 256 MiB `preadv` per thread, and the fresh-memory stalls above.
-
-- **Many small tensors, warm restore** 0.67x pooled of the large-tensor warm restore (runs 0.71x /
-  0.81x / 0.92x / 0.52x; target 0.8x; the crc32c runs: 1.05x). Partly the yardstick moving: the
-  large-tensor restore it is measured against got faster with XXH3 and 4 readers — the algorithm
-  itself is not it: the same 10k tensors saved with crc32c restored at 0.72x against XXH3's 0.75x (15
-  interleaved repetitions). Checking 10k tensors costs more than checking 215: each is its own
-  checksum call, Python iteration and view (~6 us of CPU each, ~60 ms per GiB across the threads,
-  measured), under the GIL. Limiting the run checks to two threads recovered part of it (0.68-0.72x to
-  0.81-0.88x in interleaved probes; one thread: 0.33x);
-  making the views in the workers instead of the main thread made no difference (0.71x vs 0.69x, 15
-  repetitions), and checking every run in the calling thread while the pool only reads was worse
-  (0.70-0.73x against 0.81x for the committed code, 15 + 15 repetitions back to back). What would
-  close it: one checksum per run of small tensors instead of one per tensor (a format change), or the
-  per-tensor loop moved out of Python.
+- **Warm restore** 0.73x pooled (runs 0.66x / 0.76x / 0.75x / 0.66x; target 0.8x): ckptstore 0.20 s
+  per GiB against the raw reader's 0.14 s, steadily. The 60 ms are checking the bytes, mostly: hashing
+  each piece right after `preadv` filled it costs 12-15 ms per 256 MiB on one thread here (hot in
+  cache: 8-9 ms; from DRAM: 18-19 ms — the kernel's copy does not leave the piece in cache for the
+  hash), i.e. ~50-60 ms of CPU per GiB, ~25-30 ms of wall time on 2 cores, against a raw reader that
+  checks nothing and finishes in 140 ms. The target leaves 35 ms per GiB for all of ckptstore's work;
+  the checksum pass alone takes most of it. Piece sizes of 256 KiB-8 MiB measured the same within
+  noise. `verify=False` restores ran 0.83-0.94x of raw in interleaved probes.
+- **Cold restore** 0.79x pooled (runs 0.84x / 0.77x / 0.77x / 0.86x; target 0.9x; the 18:00 runs:
+  0.84x). Both sides wait for the same shared virtual disk, whose cold throughput moved 0.5-3.5 s per
+  GiB between repetitions, so the per-run verdicts swing (1.55x in the `ckptstore bench` run of 20:07,
+  0.93x in the one of 17:41, 1.07x in a 7-repetition run at 17:11). ckptstore's cold reads have what
+  the fastest raw reader has (4 requests in flight, the same files); what remains is 2 MiB `preadv`s
+  with a hash between them against one 256 MiB `preadv` per thread.
+- **Many small tensors, warm restore** 0.71x pooled of the large-tensor warm restore (runs 0.69x /
+  0.72x / 0.71x / 0.79x; target 0.8x; the 18:00 runs: 0.67x from single runs). The interleaved probes
+  in a fresh process measured 0.81-0.85x for the same code; in the benchmark process, which holds two
+  1 GiB models and has allocated and freed many more, the 10k-tensor restore takes 0.27 s against
+  0.20 s. What it still pays per tensor: one checksum call (tensors under ~200 KiB are hashed holding
+  the GIL — python-xxhash releases it only for larger inputs — so four checking threads take turns),
+  a view and a dict entry (~10 ms in the calling thread, overlapped with the reads) and the manifest's
+  10k-name validation (~5 ms). Tried and measured no better: 2 MiB or 512 KiB run pieces, 4 MiB runs,
+  two or three runs at a time; earlier, checking in the calling thread only. What would close it: one
+  checksum per run of small tensors instead of one per tensor (a format change), or the per-tensor
+  loop out of Python.
 
 ## Met, with the margin
 
-- **Durable save** 1.07x pooled (runs 1.13x / 1.08x / 0.87x / 1.11x). Ahead of every peer in the peer
-  benchmark's own run (`results/peers-local-1024MiB.md`, 17:44 UTC): 1229 MB/s against torch DCP 1128
-  and safetensors 943; against the notes' naive yardstick 1.63x pooled (DCP 1.57x in the notes), but
-  1.10x in one run — the naive writer's own times swing too.
-- **Many small tensors, save and cold restore**: 0.86x and 0.84x pooled of the large-tensor operations
-  (save runs 0.65x-1.39x, cold 0.70x-0.99x): met pooled, not in every run.
-- **Background save blocks 0.147 s/GB** (target <= 0.15): about one plain copy of the model into warm
-  aligned buffers (0.68x of that memcpy's time in the same runs); the first background save also pays
-  the page faults of fresh staging memory (0.25 s/GB here). Narrow: the snapshot is copy-bound, and on
+- **Durable save** 0.96x pooled (runs 1.02x / 0.86x / 1.10x / 0.91x; the 18:00 runs: 1.07x). Ahead of
+  every peer in the peer benchmark's own run (`results/peers-local-1024MiB.md`, 17:44 UTC): 1229 MB/s
+  against torch DCP 1128 and safetensors 943; against the notes' naive yardstick 1.81x pooled (DCP
+  1.57x in the notes).
+- **Many small tensors, save and cold restore**: 1.07x and 1.03x pooled of the large-tensor operations
+  (save runs 0.77x-1.15x, cold 0.96x-1.32x).
+- **Background save blocks 0.145 s/GB** (target <= 0.15): about one plain copy of the model into warm
+  aligned buffers (0.69x of that memcpy's time in the same runs); the first background save also pays
+  the page faults of fresh staging memory (0.21 s/GB here). Narrow: the snapshot is copy-bound, and on
   a busier machine the same copy takes longer.
-- Memory (save 0.002x, restore 1.001x), manifest encode + decode (< 10 ms), latest() (one read with 1000
+- Memory (save 0.002x, restore 1.000x), manifest encode + decode (< 10 ms), latest() (one read with 1000
   checkpoints) and staging memory (1.0004x, reused) are met with margin.
 
 Per-repetition ratios spread 2-3x on this shared 2-core machine; re-run on a quiet machine before
