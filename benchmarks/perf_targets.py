@@ -582,7 +582,7 @@ Numbers come from these runs and from the separate interleaved measurements name
 
 - **Save**: one shard per worker thread (2 here), sized by the smallest target that yields no more shards
   than workers. Each thread streams its shard from the arrays' own memory in 8 MiB pieces, hashing each
-  piece (XXH3-64, which releases the GIL) right before writing it, then fsyncs; small tensors are glued
+  piece (XXH3-64, which releases the GIL for pieces this large) right before writing it, then fsyncs; small tensors are glued
   with their padding into 8 MiB writes (10k tensors: ~130 writes, not 20k). Then the manifest
   (create-only) and LATEST (compare-and-swap).
 - **Manifest (format 3.0)**: tensors stored as columns (names, dtype indices, shapes and 28-byte chunk
