@@ -456,6 +456,14 @@ def test_restored_large_arrays_are_page_aligned_writable_and_independent(tmp_pat
         assert arr.shape == (5, 1 << 16) and arr.ctypes.data % 4096 == 0 and arr.flags.writeable
         arr[:] = 2.0
         assert float(arr.sum()) == 2.0 * arr.size
+    # From 2 MiB up, huge-page destinations start on a huge-page boundary (so every whole 2 MiB of them
+    # can be a huge page); the others stay page-aligned. Each is its own memory.
+    arrays = [transfer.empty_aligned((3 << 18,), np.dtype(np.float32), huge_pages=huge) for huge in (True, True, False)]
+    assert arrays[0].ctypes.data % transfer.HUGE_PAGE == 0 and arrays[1].ctypes.data % transfer.HUGE_PAGE == 0
+    assert arrays[2].ctypes.data % 4096 == 0
+    for i, arr in enumerate(arrays):
+        arr[:] = i
+    assert [float(a.sum()) for a in arrays] == [0.0, 3 << 18, 2 * (3 << 18)]
 
 
 def test_restore_plans_a_whole_table_like_its_entries(tmp_path: Path) -> None:
@@ -559,7 +567,8 @@ def test_restores_read_with_read_workers_and_writes_use_workers(tmp_path: Path) 
         with pytest.raises(ValueError, match="read_workers must be an integer of at least 1"):
             CheckpointStore(storage=local, read_workers=bad)
 
-    state = {f"t{i}": np.full(300_000, i, np.float32) for i in range(8)}  # 8 large (1.2 MB) tensors
+    big = transfer.SMALL_CHUNK // 4 + 1000  # items: each tensor is read on its own, not in a run
+    state = {f"t{i}": np.full(big, i, np.float32) for i in range(8)}
     probe = ConcurrencyProbe(LocalStorage(tmp_path / "p"))
     store = CheckpointStore(storage=probe, workers=2, read_workers=5)
     store.save(1, state)
