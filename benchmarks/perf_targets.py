@@ -13,7 +13,8 @@ shared, drifting machine hurts both sides alike. Baselines:
 - raw readers: ckptstore's own shard files (the same disk blocks; on this virtual disk, files written
   at different times read back cold up to 1.4x apart) read into page-aligned buffers with one
   ``preadv`` per thread: by 2 threads (the warm baseline, as the issue states it) and by 4 (each file
-  in 2 ranges); the cold baseline is the faster of the two in each repetition;
+  in 2 ranges); the cold baseline is whichever of the two has the lower median cold time over the run
+  (the best raw cold reader; see ``cold_baseline``);
 - naive: one file per tensor, written and fsync'd one after another, read back into ``np.empty`` arrays
   — the yardstick of the peer measurements in ``shared/notes/performance.md`` (DCP 1.57× naive, etc.);
 - memcpy: the model copied into preallocated page-aligned buffers — the floor for a snapshot.
@@ -328,7 +329,7 @@ def run(base: Path, total: int, repeat: int, small_count: int) -> dict[str, Any]
         del out
         s.add("cold/small", sec)
 
-        # The best raw cold reader of this repetition (2 or 4 threads; the disk decides).
+        # The faster reader of this repetition: reported next to the baseline (see cold_baseline).
         s.add("cold/raw-best", min(s.runs["cold/raw"][-1], s.runs["cold/raw4"][-1]))
 
         # -- warm restore (everything is in the page cache now) ----------------------------
@@ -469,11 +470,16 @@ def report(r: dict[str, Any], command: str, env: dict[str, Any]) -> str:
 
     save_r = ratio("save/raw", "save/ckptstore")
     warm_r = ratio("warm/raw", "warm/ckptstore")
-    cold_base = "cold/raw-best" if "cold/raw-best" in runs else "cold/raw"  # runs before 4-thread reads
+    cold_base = cold_baseline(runs)
     cold_r = ratio(cold_base, "cold/ckptstore")
     save_ratio, warm_ratio, cold_ratio = save_r[1], warm_r[1], cold_r[1]
-    cold_readers = (f" (per repetition the faster of 2 threads, median {med['cold/raw']:.2f} s, and "
-                    f"{READ_WORKERS} threads, {med['cold/raw4']:.2f} s)") if cold_base != "cold/raw" else ""
+    cold_readers = ""
+    if "cold/raw4" in runs:
+        other = "cold/raw" if cold_base == "cold/raw4" else "cold/raw4"
+        threads = {"cold/raw": 2, "cold/raw4": READ_WORKERS}
+        cold_readers = (f", {threads[cold_base]} threads (lower median than {threads[other]} threads' "
+                        f"{med[other]:.2f} s); against the faster of the two in each repetition, a best-of-two "
+                        f"draw no single reader makes: {ratio('cold/raw-best', 'cold/ckptstore')[1]:.2f}×")
     save_naive = ratio("save/naive", "save/ckptstore")[1]
     warm_naive = ratio("warm/naive", "warm/ckptstore")[1]
     small_save_r = ratio("save/ckptstore", "save/small", ns / n)
@@ -670,6 +676,19 @@ quoting absolute numbers.
 """
 
 
+def cold_baseline(runs: Mapping[str, list[float]]) -> str:
+    """The best raw cold reader: of the 2-thread and the 4-thread reader, the one with the lower median
+    over all repetitions (runs from before the 4-thread reader have only the 2-thread one).
+
+    Not the faster of the two in each repetition: on this disk cold reads of the same files move
+    0.5-3.5 s per GiB between repetitions, and the minimum of two such draws beats the typical run of
+    either reader — a baseline no real reader achieves, against one draw of ckptstore (in the pooled
+    runs of 19:53-20:05: medians 0.73 s for that minimum, 0.81 s and 1.22 s for the readers)."""
+    if "cold/raw4" in runs and statistics.median(runs["cold/raw4"]) < statistics.median(runs["cold/raw"]):
+        return "cold/raw4"
+    return "cold/raw"
+
+
 def _run_ratios(r: dict[str, Any], base: str, ours: str, k: float = 1.0) -> list[float]:
     """The paired-median ratio of each pooled run separately (one entry for a single run)."""
     runs, sizes = r["series"], r.get("run_repeats") or [len(r["series"][base])]
@@ -688,7 +707,7 @@ def _per_run(r: dict[str, Any]) -> list[str]:
         return []
     scale = r["small_nbytes"] / r["nbytes"]
     rows = [("save", "save/raw", "save/ckptstore", 1.0), ("warm restore", "warm/raw", "warm/ckptstore", 1.0),
-            ("cold restore", "cold/raw-best" if "cold/raw-best" in r["series"] else "cold/raw", "cold/ckptstore", 1.0),
+            ("cold restore", cold_baseline(r["series"]), "cold/ckptstore", 1.0),
             ("small save", "save/ckptstore", "save/small", scale),
             ("small warm", "warm/ckptstore", "warm/small", scale),
             ("small cold", "cold/ckptstore", "cold/small", scale)]
