@@ -579,18 +579,18 @@ def report(r: dict[str, Any], command: str, env: dict[str, Any]) -> str:
 ANALYSIS = """
 ## How ckptstore gets there
 
-(Written for the four 1 GiB runs of 2026-11-27 19:53–20:05 UTC (4 × 7 repetitions, load 1.2–2.8)
+(Written for the six 1 GiB runs of 2026-11-27 21:45–22:11 UTC (6 × 7 repetitions, load 1.3–2.6)
 pooled in `results/perf_targets.md`, on the final code: manifest format 3.0 with XXH3-64 chunk
-checksums, 4 reader threads, 2 MiB read pieces, small-tensor restores planned in numpy. "The 18:00
-runs" are the four pooled runs of 17:35–18:01 UTC on the previous code (small tensors planned per
-tensor in Python, at most two small-tensor runs in flight), whose warm restores were single runs.
-Numbers come from these runs and from the separate interleaved measurements named.)
+checksums, 4 reader threads, 2 MiB read pieces, destinations starting on huge-page boundaries, tensors
+under 4 MiB restored into one huge-page arena. "The 20:00 runs" are the eight pooled runs of 19:53–20:05
+and 21:18–21:30 UTC on the previous code (numpy's allocation for destinations, a 1 MiB small-tensor
+limit). Numbers come from these runs and from the separate interleaved measurements named.)
 
 - **Save**: one shard per worker thread (2 here), sized by the smallest target that yields no more shards
   than workers. Each thread streams its shard from the arrays' own memory in 8 MiB pieces, hashing each
-  piece (XXH3-64, which releases the GIL for pieces this large) right before writing it, then fsyncs; small tensors are glued
-  with their padding into 8 MiB writes (10k tensors: ~130 writes, not 20k). Then the manifest
-  (create-only) and LATEST (compare-and-swap).
+  piece (XXH3-64, which releases the GIL for pieces this large) right before writing it, then fsyncs;
+  small tensors are glued with their padding into 8 MiB writes (10k tensors: ~130 writes, not 20k).
+  Then the manifest (create-only) and LATEST (compare-and-swap).
 - **Manifest (format 3.0)**: tensors stored as columns (names, dtype indices, shapes and 28-byte chunk
   records in binaries), validated with a few numpy operations, entries built only when asked for; the
   save builds the columns straight from its layout plan and checksums. 10k tensors: encode + decode
@@ -600,75 +600,88 @@ Numbers come from these runs and from the separate interleaved measurements name
   piece cost 0.81x of the unverified read with crc32c and 0.93x with XXH3 (0.81x / 1.01x with 2 MiB
   pieces; 15 repetitions each).
 - **Restore**: large chunks are read through one fd per chunk in 2 MiB pieces straight into page-aligned
-  arrays, each piece hashed right after it lands (8 MiB pieces from 4 threads overflowed the 32 MiB L3:
-  ~10% slower); reading each piece through its own `read_into` (a symlink check and an open per piece,
-  Python under the GIL) had cost ~80 ms of thread time per GiB. Local disk restores use 4 reader threads
-  (`read_workers`): this virtual disk's cold reads ran 1.4x faster with 4 requests in flight than with 2,
-  and cached reads lost nothing. Destination memory is numpy's (huge pages) on local disk.
+  arrays, each piece hashed right after it lands; 4 reader threads (`read_workers`: this virtual disk's
+  cold reads ran 1.4x faster with 4 requests in flight than with 2, and cached reads lost nothing).
+- **Where a warm restore's time goes** (perf, 10 warm restores of the 1 GiB model): in the raw reader,
+  55% of the CPU is the kernel zeroing the fresh destination pages as `preadv` first touches them, 25%
+  copying from the page cache. So allocation matters more than anything in ckptstore's own code: numpy
+  allocates a large array wherever malloc's mapping lands, and the first partial 2 MiB of every array
+  was faulted in 4 KiB pages, ~5x the cost per byte of a huge page. Destinations of 2 MiB and more now
+  get mappings of their own that start on a 2 MiB boundary, madvised for huge pages (first touch of
+  64 MiB tensors 0.092 s/GB, was 0.115; the unfilled part of the last 2 MiB stays in 4 KiB pages, so no
+  memory beyond the bytes). Tensors under 4 MiB go into the shared huge-page arena instead of an
+  allocation each: below 2 MiB an allocation of their own was all 4 KiB pages (0.64 s/GB). In
+  interleaved probes (9 repetitions) the warm 1 GiB restore went from 178 to 162 ms (CPU 335 to
+  306 ms; the raw reader, which uses the same allocator for its two 512 MiB buffers, 130 to 128 ms) and
+  `ckptstore bench`'s many-small checkpoint (4096 tensors of 12 KiB-1.2 MiB, 151 of them over 1 MiB)
+  from 232 to 189 ms (263 ms with numpy's allocation).
 - **Many small tensors, restore**: the manifest's columns give the small single-chunk tensors as numpy
   arrays; runs (neighbours in a shard, <= 16 MiB, no hole over 64 KiB) are found with `lexsort` and
-  `searchsorted`, one Python step per run, so no per-tensor work happens before the first read (it was
-  ~30 ms per 10k tensors: a tuple per tensor, a sort and a loop, and per-name passes in the manager).
-  Each run is read in 1 MiB pieces into one shared page-aligned arena, each tensor checked (one direct
-  XXH3 call) once its last byte has landed; as many runs at a time as large chunks (4). Names, shapes
-  and the returned views — one `ndarray` constructor each, 0.5 us against 1.4 us for a slice, view and
-  reshape — are made in the calling thread while the reads run. In interleaved probes (11
-  repetitions) this took the 10k-tensor restore from 0.73-0.76x to 0.81-0.85x of the large-tensor
-  restore; with the old per-tensor planning, more than two runs at once had been slower.
+  `searchsorted`, one Python step per run, so no per-tensor work happens before the first read. Each
+  run is read in 1 MiB pieces into the arena, each tensor checked (one direct XXH3 call) once its last
+  byte has landed; 4 runs at a time. Names, shapes and the returned views — one `ndarray` constructor
+  each — are made in the calling thread while the reads run.
 - **Background save**: the state is copied by 2 threads into staging buffers laid out exactly like the
   shard files (page-aligned, reused by every later background save); a background thread writes them as
   a few large sequential writes per shard.
 - **latest()**: one `get` of LATEST after a once-per-store roll-forward check (one listing).
 - **The cold baseline** reads ckptstore's own shard files (files written at different times read back
-  cold up to 1.4x apart on this virtual disk, which used to decide the comparison), with 2 and with 4
-  threads; the faster of the two in each repetition is the baseline.
-- **Warm restores are the faster of two back-to-back runs**, on every side. In the 18:00 runs single
-  warm restores spread 0.17-1.57 s (ckptstore) and 0.13-0.82 s (raw) per GiB: fresh destination
-  memory in this long-lived process waited at random on transparent-huge-page compaction, and the
-  medians landed wherever the stalls fell. Taking the faster of two removed that (spreads now
-  0.17-0.30 s and 0.12-0.35 s) and made the runs agree (warm 0.66-0.76x, was 0.65-1.09x).
+  cold up to 1.4x apart on this virtual disk) with 2 and with 4 threads; the baseline is the one with
+  the lower median over the pooled runs (4 threads; in one run of the six, 2 threads by 1%). Until this session it was the faster of
+  the two *in each repetition*: on this disk cold reads of the same files move 0.5-3.5 s per GiB between
+  repetitions, and the minimum of two such draws beats the typical run of either reader (the 20:00
+  runs: 0.73 s for the minimum against 0.81 s and 1.22 s medians), while ckptstore had one draw. That
+  comparison is still printed in the table (0.79x here).
+- **Warm restores are the faster of two back-to-back runs**, on every side: single warm restores spread
+  0.17-1.57 s (ckptstore) and 0.13-0.82 s (raw) per GiB in earlier runs, as fresh destination memory in
+  this long-lived process waited at random on transparent-huge-page compaction.
 
 ## Targets not met, by how much and why
 
-- **Warm restore** 0.73x pooled (runs 0.66x / 0.76x / 0.75x / 0.66x; target 0.8x): ckptstore 0.20 s
-  per GiB against the raw reader's 0.14 s, steadily. The 60 ms are checking the bytes, mostly: hashing
-  each piece right after `preadv` filled it costs 12-15 ms per 256 MiB on one thread here (hot in
-  cache: 8-9 ms; from DRAM: 18-19 ms — the kernel's copy does not leave the piece in cache for the
-  hash), i.e. ~50-60 ms of CPU per GiB, ~25-30 ms of wall time on 2 cores, against a raw reader that
-  checks nothing and finishes in 140 ms. The target leaves 35 ms per GiB for all of ckptstore's work;
-  the checksum pass alone takes most of it. Piece sizes of 256 KiB-8 MiB measured the same within
-  noise. `verify=False` restores ran 0.83-0.94x of raw in interleaved probes.
-- **Cold restore** 0.79x pooled (runs 0.84x / 0.77x / 0.77x / 0.86x; target 0.9x; the 18:00 runs:
-  0.84x). Both sides wait for the same shared virtual disk, whose cold throughput moved 0.5-3.5 s per
-  GiB between repetitions, so the per-run verdicts swing (1.55x in the `ckptstore bench` run of 20:07,
-  0.93x in the one of 17:41, 1.07x in a 7-repetition run at 17:11). ckptstore's cold reads have what
-  the fastest raw reader has (4 requests in flight, the same files); what remains is 2 MiB `preadv`s
-  with a hash between them against one 256 MiB `preadv` per thread.
-- **Many small tensors, warm restore** 0.71x pooled of the large-tensor warm restore (runs 0.69x /
-  0.72x / 0.71x / 0.79x; target 0.8x; the 18:00 runs: 0.67x from single runs). The interleaved probes
-  in a fresh process measured 0.81-0.85x for the same code; in the benchmark process, which holds two
-  1 GiB models and has allocated and freed many more, the 10k-tensor restore takes 0.27 s against
-  0.20 s. What it still pays per tensor: one checksum call (tensors under ~200 KiB are hashed holding
-  the GIL — python-xxhash releases it only for larger inputs — so four checking threads take turns),
-  a view and a dict entry (~10 ms in the calling thread, overlapped with the reads) and the manifest's
-  10k-name validation (~5 ms). Tried and measured no better: 2 MiB or 512 KiB run pieces, 4 MiB runs,
-  two or three runs at a time; earlier, checking in the calling thread only. What would close it: one
-  checksum per run of small tensors instead of one per tensor (a format change), or the per-tensor
-  loop out of Python.
+- **Warm restore** 0.76x pooled (runs 0.75x / 0.80x / 0.84x / 0.72x / 0.71x / 0.76x; target 0.8x;
+  the 20:00 runs: 0.71x): ckptstore 0.18 s per GiB against the raw reader's 0.14 s. What is left is
+  checking the bytes. Unverified restores ran 0.80-0.94x of the raw reader in interleaved probes; a
+  verified one typically uses 50-80 ms more CPU per GiB. XXH3 itself is 30-45 ms of that: hashing
+  pieces right after `preadv` filled them costs, on one thread, 29-31 ms per GiB with 1 MiB pieces (as
+  fast as from cache), 36-44 with 2 MiB, 53-62 with 8 MiB. The rest, per perf, is the other core's
+  kernel zeroing and copying running slower while one core hashes (they share memory bandwidth), and
+  thread switches. On 2 cores
+  that is 30-40 ms of wall time per GiB; the target leaves 35 ms for all of ckptstore's work. Measured
+  and no better within noise: read pieces of 512 KiB, 1 MiB and 2 MiB; 2, 3, 4 or 6 readers; the
+  small-tensor checks through ctypes (with or without the GIL); runs of small tensors first; reading
+  into a memfd with `sendfile` (no zeroing of fresh pages, but 2.5x slower).
+- **Cold restore** 0.89x pooled (runs 0.86x / 0.90x / 0.89x / 1.14x / 0.77x / 0.89x; target 0.9x;
+  ratio of the medians 1.10x). Both sides wait for the same shared virtual disk, whose cold throughput
+  moved 0.5-3.5 s per GiB between repetitions; ckptstore has what the fastest raw reader has (4
+  requests in flight, the same files), and was the steadier of the two (0.65-1.99 s against 0.53-2.67 s
+  per GiB in the runs of 19:53-20:05). Read-ahead hints (`POSIX_FADV_WILLNEED` on each chunk, or 16 MiB
+  ahead of each piece) made ckptstore's cold reads slower (7 interleaved repetitions).
+- **Many small tensors, warm restore** 0.69x pooled of the large-tensor warm restore (runs 0.62x-0.73x;
+  target 0.8x; the 20:00 runs: 0.71x, against a slower large-tensor restore). The 10k-tensor restore
+  takes 0.27 s per GiB here (0.22-0.27 s in a fresh process) against the large-tensor restore's 0.18 s:
+  unverified it runs 0.72-0.78x of the raw reader, so 60 ms of the gap is the 10k checksums, whose
+  cost in parallel is 2-3x their cost on one thread (perf: XXH3 itself ~7% of the CPU, the kernel's
+  zeroing and copying slower by more than that while it runs, and thread switches); the rest is the
+  per-tensor view and dict entry (7-15 ms, in the calling thread, overlapped with the reads) and the
+  manifest's 10k-name validation (~5 ms). What would close it: one checksum per run of small tensors
+  instead of one per tensor (a format change), or the per-tensor loop out of Python.
+- **Background save blocks 0.171 s/GB** pooled (runs 0.155-0.221; target <= 0.15; the 20:00 runs
+  0.151, earlier 0.145). The snapshot is one copy of the model by 2 threads, 0.72x the time of a
+  one-thread memcpy of the same bytes in the same runs — and that memcpy itself took 0.19-0.35 s/GB in
+  this benchmark's process against 0.12 s/GB in a fresh process running the same function on the same
+  model. In fresh processes the background save blocked 0.083-0.099 s/GB (medians of 7-15 repetitions,
+  with either allocator). So the copy is as fast as the memory allows; the benchmark process, which allocates and
+  frees several GiB per repetition, makes every copy slower, and on this busy machine that now lands
+  above the target.
 
 ## Met, with the margin
 
-- **Durable save** 0.96x pooled (runs 1.02x / 0.86x / 1.10x / 0.91x; the 18:00 runs: 1.07x). Ahead of
-  every peer in the peer benchmark's own run (`results/peers-local-1024MiB.md`, 17:44 UTC): 1229 MB/s
-  against torch DCP 1128 and safetensors 943; against the notes' naive yardstick 1.81x pooled (DCP
-  1.57x in the notes).
-- **Many small tensors, save and cold restore**: 1.07x and 1.03x pooled of the large-tensor operations
-  (save runs 0.77x-1.15x, cold 0.96x-1.32x).
-- **Background save blocks 0.145 s/GB** (target <= 0.15): about one plain copy of the model into warm
-  aligned buffers (0.69x of that memcpy's time in the same runs); the first background save also pays
-  the page faults of fresh staging memory (0.21 s/GB here). Narrow: the snapshot is copy-bound, and on
-  a busier machine the same copy takes longer.
-- Memory (save 0.002x, restore 1.000x), manifest encode + decode (< 10 ms), latest() (one read with 1000
+- **Durable save** 0.97x pooled (runs 0.81x-1.20x). Ahead of every peer in the peer benchmark's own
+  run (`results/peers-local-1024MiB.md`, 17:44 UTC): 1229 MB/s against torch DCP 1128 and safetensors
+  943; against the notes' naive yardstick 1.63x pooled (DCP 1.57x in the notes; runs 1.15x-1.89x).
+- **Many small tensors, save and cold restore**: 0.87x and 1.10x pooled of the large-tensor operations
+  (save runs 0.72x-0.94x).
+- Memory (save 0.002x, restore 1.001x), manifest encode + decode (< 10 ms), latest() (one read with 1000
   checkpoints) and staging memory (1.0004x, reused) are met with margin.
 
 Per-repetition ratios spread 2-3x on this shared 2-core machine; re-run on a quiet machine before
