@@ -627,11 +627,11 @@ limit). Numbers come from these runs and from the separate interleaved measureme
 - **latest()**: one `get` of LATEST after a once-per-store roll-forward check (one listing).
 - **The cold baseline** reads ckptstore's own shard files (files written at different times read back
   cold up to 1.4x apart on this virtual disk) with 2 and with 4 threads; the baseline is the one with
-  the lower median over the pooled runs (4 threads; in one run of the six, 2 threads by 1%). Until this session it was the faster of
-  the two *in each repetition*: on this disk cold reads of the same files move 0.5-3.5 s per GiB between
-  repetitions, and the minimum of two such draws beats the typical run of either reader (the 20:00
-  runs: 0.73 s for the minimum against 0.81 s and 1.22 s medians), while ckptstore had one draw. That
-  comparison is still printed in the table (0.79x here).
+  the lower median over the pooled runs (4 threads; in one run of the six, 2 threads by 1%). Before
+  these runs it was the faster of the two *in each repetition*: on this disk cold reads of the same
+  files move 0.5-3.5 s per GiB between repetitions, and the minimum of two such draws beats the typical
+  run of either reader (the 20:00 runs: 0.73 s for the minimum against 0.81 s and 1.22 s medians),
+  while ckptstore had one draw. That comparison is still printed in the table (0.79x here).
 - **Warm restores are the faster of two back-to-back runs**, on every side: single warm restores spread
   0.17-1.57 s (ckptstore) and 0.13-0.82 s (raw) per GiB in earlier runs, as fresh destination memory in
   this long-lived process waited at random on transparent-huge-page compaction.
@@ -645,9 +645,8 @@ limit). Numbers come from these runs and from the separate interleaved measureme
   pieces right after `preadv` filled them costs, on one thread, 29-31 ms per GiB with 1 MiB pieces (as
   fast as from cache), 36-44 with 2 MiB, 53-62 with 8 MiB. The rest, per perf, is the other core's
   kernel zeroing and copying running slower while one core hashes (they share memory bandwidth), and
-  thread switches. On 2 cores
-  that is 30-40 ms of wall time per GiB; the target leaves 35 ms for all of ckptstore's work. Measured
-  and no better within noise: read pieces of 512 KiB, 1 MiB and 2 MiB; 2, 3, 4 or 6 readers; the
+  thread switches. On 2 cores that is 30-40 ms of wall time per GiB; the target leaves 35 ms for all of
+  ckptstore's work. Measured and no better within noise: read pieces of 512 KiB, 1 MiB and 2 MiB; 2, 3, 4 or 6 readers; the
   small-tensor checks through ctypes (with or without the GIL); runs of small tensors first; reading
   into a memfd with `sendfile` (no zeroing of fresh pages, but 2.5x slower).
 - **Cold restore** 0.89x pooled (runs 0.86x / 0.90x / 0.89x / 1.14x / 0.77x / 0.89x; target 0.9x;
@@ -670,9 +669,9 @@ limit). Numbers come from these runs and from the separate interleaved measureme
   one-thread memcpy of the same bytes in the same runs — and that memcpy itself took 0.19-0.35 s/GB in
   this benchmark's process against 0.12 s/GB in a fresh process running the same function on the same
   model. In fresh processes the background save blocked 0.083-0.099 s/GB (medians of 7-15 repetitions,
-  with either allocator). So the copy is as fast as the memory allows; the benchmark process, which allocates and
-  frees several GiB per repetition, makes every copy slower, and on this busy machine that now lands
-  above the target.
+  with either allocator). So the copy is as fast as the memory allows; the benchmark process, which
+  allocates and frees several GiB per repetition, makes every copy slower, and on this busy machine
+  that now lands above the target.
 
 ## Met, with the margin
 

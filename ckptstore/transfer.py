@@ -59,6 +59,7 @@ RUN_PIECE = 1 << 20  # a batched read is made (and its small chunks checked) pie
 BATCH_GAP = 64 << 10  # don't read (and keep) holes bigger than this to batch neighbours
 ALIGNED_MIN = 64 << 10  # arrays at least this big are allocated page-aligned
 HUGE_PAGE = 2 << 20  # a transparent huge page (x86-64, arm64 with 4 KiB pages)
+_MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", None)  # Linux only
 _ZEROS = bytes(ALIGN)
 
 T = TypeVar("T")
@@ -91,7 +92,7 @@ def empty_aligned(shape: Sequence[int], dtype: np.dtype, *, huge_pages: bool = T
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < ALIGNED_MIN:
         return np.empty(shape, dtype)
-    if huge_pages and nbytes < HUGE_PAGE:
+    if huge_pages and (nbytes < HUGE_PAGE or _MADV_HUGEPAGE is None):
         raw = np.empty(nbytes + ALIGN, np.uint8)
         start = (-raw.ctypes.data) % ALIGN
         return raw[start : start + nbytes].view(dtype).reshape(shape)
@@ -101,7 +102,10 @@ def empty_aligned(shape: Sequence[int], dtype: np.dtype, *, huge_pages: bool = T
     whole = np.frombuffer(buf, np.uint8)
     start = (-whole.ctypes.data) % HUGE_PAGE if huge_pages else 0
     if huge_pages:
-        buf.madvise(mmap.MADV_HUGEPAGE, start, nbytes)
+        try:
+            buf.madvise(_MADV_HUGEPAGE, start, nbytes)
+        except OSError:  # a kernel without transparent huge pages: ordinary pages, still aligned
+            pass
     return whole[start : start + nbytes].view(dtype).reshape(shape)
 
 

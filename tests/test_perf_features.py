@@ -466,6 +466,18 @@ def test_restored_large_arrays_are_page_aligned_writable_and_independent(tmp_pat
     assert [float(a.sum()) for a in arrays] == [0.0, 3 << 18, 2 * (3 << 18)]
 
 
+
+def test_huge_page_destinations_fall_back_where_madvise_has_no_huge_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the platform has no MADV_HUGEPAGE (macOS, ...), large destinations are numpy's memory,
+    page-aligned, as before."""
+    monkeypatch.setattr(transfer, "_MADV_HUGEPAGE", None)
+    arr = transfer.empty_aligned((3 << 18,), np.dtype(np.float32))
+    assert arr.ctypes.data % 4096 == 0 and arr.flags.writeable and arr.nbytes == 3 << 20
+    assert isinstance(arr.base, np.ndarray) and arr.base.base is None  # numpy's own allocation
+    arr[:] = 1.5
+    assert float(arr.sum()) == 1.5 * arr.size
+
+
 def test_restore_plans_a_whole_table_like_its_entries(tmp_path: Path) -> None:
     """A full restore plans a 2.0 manifest from its columns (no entry per tensor); the result, and the
     error for a damaged small tensor, are the same as through the entries themselves."""
