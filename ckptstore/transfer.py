@@ -92,20 +92,21 @@ def empty_aligned(shape: Sequence[int], dtype: np.dtype, *, huge_pages: bool = T
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < ALIGNED_MIN:
         return np.empty(shape, dtype)
-    if huge_pages and (nbytes < HUGE_PAGE or _MADV_HUGEPAGE is None):
+    if not huge_pages:
+        # Page-aligned by construction, freed when the last view goes; THP only if the system says "always".
+        buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        return np.frombuffer(buf, np.uint8, nbytes).view(dtype).reshape(shape)
+    if nbytes < HUGE_PAGE or _MADV_HUGEPAGE is None:
         raw = np.empty(nbytes + ALIGN, np.uint8)
         start = (-raw.ctypes.data) % ALIGN
         return raw[start : start + nbytes].view(dtype).reshape(shape)
-    # Freed when the last view goes. Without huge_pages, THP only if the system says "always".
-    slack = HUGE_PAGE if huge_pages else 0
-    buf = mmap.mmap(-1, nbytes + slack, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     whole = np.frombuffer(buf, np.uint8)
-    start = (-whole.ctypes.data) % HUGE_PAGE if huge_pages else 0
-    if huge_pages:
-        try:
-            buf.madvise(_MADV_HUGEPAGE, start, nbytes)
-        except OSError:  # a kernel without transparent huge pages: ordinary pages, still aligned
-            pass
+    start = (-whole.ctypes.data) % HUGE_PAGE
+    try:
+        buf.madvise(_MADV_HUGEPAGE, start, nbytes)
+    except OSError:  # a kernel without transparent huge pages: ordinary pages, still aligned
+        pass
     return whole[start : start + nbytes].view(dtype).reshape(shape)
 
 
