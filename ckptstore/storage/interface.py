@@ -145,6 +145,13 @@ class StorageBase:
         keep one handle open for all the pieces."""
         return read_in_pieces(self, key, offset, out, piece_size)
 
+    def read_through(self, key: str, offset: int, nbytes: int, buffer: memoryview) -> Iterator[memoryview]:
+        """Read ``nbytes`` from ``offset`` through ``buffer``: fill it (the last time, the part needed)
+        again and again, yielding the filled part each time, to be used before the next one lands (an
+        in-place restore checks each piece and copies it into place). Optional, like ``read_pieces``;
+        restores fall back to a loop of ``read_into`` calls."""
+        return read_through_buffer(self, key, offset, nbytes, buffer)
+
     def close(self) -> None:
         pass
 
@@ -163,6 +170,15 @@ def read_in_pieces(storage: Storage, key: str, offset: int, out: memoryview, pie
     step = piece_size or storage.read_piece_size or len(out) or 1
     for i in range(0, len(out), step):
         piece = out[i : i + step]
+        storage.read_into(key, offset + i, piece)
+        yield piece
+
+
+def read_through_buffer(storage: Storage, key: str, offset: int, nbytes: int, buffer: memoryview) -> Iterator[memoryview]:
+    """``read_through`` as a loop of ``storage.read_into`` calls: the fallback for any backend."""
+    step = len(buffer)
+    for i in range(0, nbytes, step):
+        piece = buffer[: min(step, nbytes - i)]
         storage.read_into(key, offset + i, piece)
         yield piece
 

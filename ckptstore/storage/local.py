@@ -184,15 +184,23 @@ class LocalStorage(StorageBase):
         try:
             for start in range(0, len(view), step):
                 piece = view[start : start + step]
-                done = 0
-                while done < len(piece):
-                    n = os.preadv(fd, [piece[done:]], offset + start + done)
-                    if n == 0:
-                        raise StorageError(
-                            f"{path}: object ends at {offset + start + done} bytes, "
-                            f"{len(view) - start - done} more expected"
-                        )
-                    done += n
+                _fill(fd, piece, offset + start, offset + len(view), path)
+                yield piece
+        except OSError as e:
+            raise self._error("read", key, e) from e
+        finally:
+            os.close(fd)
+
+    def read_through(self, key: str, offset: int, nbytes: int, buffer: memoryview) -> Iterator[memoryview]:
+        """``read_through`` with one fd for every piece."""
+        path = self._path(key)
+        view = as_bytes_view(buffer)
+        step = len(view)
+        fd = self.open_for_read(key)
+        try:
+            for start in range(0, nbytes, step):
+                piece = view[: min(step, nbytes - start)]
+                _fill(fd, piece, offset + start, offset + nbytes, path)
                 yield piece
         except OSError as e:
             raise self._error("read", key, e) from e
@@ -289,3 +297,13 @@ def open_url(url: str, **storage_options) -> LocalStorage:
     """Factory for ``file://`` URLs and plain paths."""
     path = url[len("file://"):] if url.startswith("file://") else url
     return LocalStorage(path, **storage_options)
+
+
+def _fill(fd: int, piece: memoryview, at: int, end: int, path: Path) -> None:
+    """Fill ``piece`` from file offset ``at`` (a read of a range that ends at ``end``)."""
+    done = 0
+    while done < len(piece):
+        n = os.preadv(fd, [piece[done:]], at + done)
+        if n == 0:
+            raise StorageError(f"{path}: object ends at {at + done} bytes, {end - at - done} more expected")
+        done += n
