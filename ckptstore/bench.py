@@ -298,12 +298,19 @@ _BACKEND_ONLY_OPTIONS = frozenset(
 )
 
 
-def read_local_files(paths: Sequence[str | os.PathLike[str]], workers: int) -> list[np.ndarray]:
-    """The raw local reader: each file into one page-aligned buffer, one ``preadv`` per range. With more
-    workers than files, each file is read as equal page-aligned ranges, so every worker has one long
-    sequential read."""
+def read_local_files(
+    paths: Sequence[str | os.PathLike[str]], workers: int, into: Sequence[np.ndarray] | None = None
+) -> list[np.ndarray]:
+    """The raw local reader: each file into one page-aligned buffer (fresh, or ``into``'s: one per file,
+    each exactly the file's size), one ``preadv`` per range. With more workers than files, each file is
+    read as equal page-aligned ranges, so every worker has one long sequential read."""
     sizes = [os.path.getsize(p) for p in paths]
-    bufs = [empty_aligned((size,), np.dtype(np.uint8)) for size in sizes]
+    if into is not None:
+        if [len(b) for b in into] != sizes:
+            raise ValueError(f"read_local_files: buffers of {[len(b) for b in into]} bytes for files of {sizes}")
+        bufs = list(into)
+    else:
+        bufs = [empty_aligned((size,), np.dtype(np.uint8)) for size in sizes]
     per_file = max(1, workers // max(1, len(paths)))
     tasks = []
     for path, size, buf in zip(paths, sizes, bufs, strict=True):

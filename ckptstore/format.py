@@ -30,7 +30,7 @@ import math
 import re
 from collections.abc import ItemsView, Iterator, Mapping, Sequence, ValuesView
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache, cached_property
 from typing import Any
 
@@ -192,6 +192,14 @@ class SmallChunks:
     def __len__(self) -> int:
         return len(self.index)
 
+    def take(self, mask: np.ndarray) -> SmallChunks:
+        """The rows where ``mask`` is true (the per-row columns filtered; the shared tables kept)."""
+        return replace(
+            self, index=self.index[mask], shard=self.shard[mask], offset=self.offset[mask],
+            nbytes=self.nbytes[mask], checksum=self.checksum[mask], dtype=self.dtype[mask],
+            dim_start=self.dim_start[mask], dim_stop=self.dim_stop[mask],
+        )
+
     def rows(self) -> list[tuple[str, str, int, int, int, str, tuple[int, ...]]]:
         """``(name, shard, offset, nbytes, checksum, dtype, shape)`` per row (for tests and debugging)."""
         dims = self.dims.tolist()
@@ -217,7 +225,7 @@ class TensorTable(Mapping[str, TensorEntry]):
     """
 
     __slots__ = ("_names", "_index", "_dtypes", "_dtype", "_ndim", "_dims", "_nchunks", "_chunks",
-                 "_shard_names", "_lists")
+                 "_shard_names", "_lists", "_specs")
 
     def __init__(
         self,
@@ -241,6 +249,7 @@ class TensorTable(Mapping[str, TensorEntry]):
         self._chunks = chunks  # CHUNK_RECORD per chunk, in tensor order; "shard" indexes _shard_names
         self._shard_names = tuple(shard_names)
         self._lists: tuple[list[Any], ...] | None = None  # the columns as Python lists, on first lookup
+        self._specs: dict[str, tuple[tuple[int, ...], str]] | None = None
         for a in (dtype, ndim, dims, nchunks, chunks):
             a.flags.writeable = False
 
@@ -324,6 +333,18 @@ class TensorTable(Mapping[str, TensorEntry]):
         return _frozen(TensorEntry, {
             "dtype": self._dtypes[dtype[i]], "shape": tuple(dims[dim_start[i] : dim_start[i + 1]]), "chunks": chunks,
         })
+
+    def specs(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """``name -> (shape, dtype name)`` of every tensor, without building entries (template checks;
+        built once, shared: do not modify)."""
+        if self._specs is None:
+            dtype, dim_start, dims = self._columns()[:3]
+            dtypes = self._dtypes
+            self._specs = {
+                name: (tuple(dims[dim_start[i] : dim_start[i + 1]]), dtypes[dtype[i]])
+                for i, name in enumerate(self._names)
+            }
+        return self._specs
 
     def values(self) -> ValuesView[TensorEntry]:
         return _TableValues(self)

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from ckptstore.policies import SaveContext, SavePolicy, from_run_config
 
 log = logging.getLogger(__name__)
@@ -305,13 +307,18 @@ def restore_or_initialize(
     names: Sequence[str] | None = None,
     strict: bool = True,
     initial_step: int = 0,
+    in_place: bool = True,
 ) -> Resumed:
     """Resumes from the store's latest checkpoint, or initializes when there is none.
 
     Args:
         store: the ``CheckpointStore`` to resume from.
         initialize: builds a fresh state (name -> array); called when the store is empty, and also
-            when ``like`` is not given, to serve as the template the checkpoint is checked against.
+            when ``like`` is not given, to serve as the template the checkpoint is checked against —
+            and then, when all its arrays are writable C-contiguous numpy arrays of the stored byte
+            order, the checkpoint is read straight into them (``restore(into=...)``): no second copy of
+            the model in memory. ``in_place=False`` reads into fresh arrays instead (for an
+            ``initialize`` that returns arrays shared with something else).
         like: name -> anything with ``.shape`` and ``.dtype``; the checkpoint must match it (every
             missing, unexpected, reshaped or retyped tensor is reported at once in ``CheckpointMismatch``).
             Pass it to avoid materializing a fresh state just for the check.
@@ -326,7 +333,26 @@ def restore_or_initialize(
     if latest is None:
         log.info("no checkpoint in %s: initializing at step %d", _where(store), initial_step)
         return Resumed(step=initial_step, state=dict(initialize()), restored=False)
-    template = like if like is not None else initialize()
-    state = store.restore(step=latest.step, names=names, like=template, strict=strict)
+    if like is None:
+        template = initialize()
+        if in_place and _writable_in_place(template):
+            state = store.restore(step=latest.step, names=names, into=template, strict=strict)
+        else:
+            state = store.restore(step=latest.step, names=names, like=template, strict=strict)
+    else:
+        state = store.restore(step=latest.step, names=names, like=like, strict=strict)
     log.info("restored step %d from %s", latest.step, _where(store))
     return Resumed(step=latest.step, state=dict(state), restored=True, info=latest)
+
+
+def _writable_in_place(state: Mapping[str, Any]) -> bool:
+    """Whether every array of a (nested) state can be restored into as it is."""
+    for value in state.values():
+        if isinstance(value, Mapping):
+            if not _writable_in_place(value):
+                return False
+        elif hasattr(value, "shape") and not isinstance(value, (bool, int, float, str)):
+            if not (isinstance(value, np.ndarray) and value.flags.writeable and value.flags.c_contiguous
+                    and value.dtype == value.dtype.newbyteorder("<")):
+                return False
+    return True

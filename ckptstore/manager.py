@@ -52,8 +52,10 @@ from ckptstore.format import (
     LayoutPlan,
     Manifest,
     TensorEntry,
+    TensorTable,
     check_tensor_name,
     decode_latest,
+    dtype_from_name,
     dtype_name,
     manifest_key,
     nbytes_of,
@@ -285,49 +287,124 @@ def _is_low_precision(dtype: np.dtype) -> bool:
     return True
 
 
-def _spec(value: Any) -> tuple[str, str]:
-    """(shape, dtype) descriptions of a template entry, for comparison and error messages."""
-    if isinstance(value, _SCALAR_TYPES):
-        return "scalar", type(value).__name__
-    shape = "[" + ", ".join(str(int(d)) for d in value.shape) + "]"
+Spec = tuple[tuple[int, ...] | str, str]  # (shape, or "scalar"; dtype name, or a scalar's type name)
+
+
+def _dtype_of(value: Any) -> str:
     raw = getattr(value.dtype, "as_numpy_dtype", value.dtype)  # tf.DType knows its numpy dtype
     try:
-        dtype = dtype_name(np.dtype(raw))
+        return dtype_name(np.dtype(raw))
     except TypeError:
-        dtype = str(raw)
-    return shape, dtype
+        return str(raw)
 
 
-def _entry_spec(entry: TensorEntry | Scalar) -> tuple[str, str]:
-    if isinstance(entry, TensorEntry):
-        return "[" + ", ".join(map(str, entry.shape)) + "]", entry.dtype
-    return "scalar", type(entry).__name__
+def _template_specs(values: Mapping[str, Any]) -> dict[str, Spec]:
+    """(shape, dtype) of every template entry; dtype names are worked out once per distinct dtype."""
+    out: dict[str, Spec] = {}
+    names_of: dict[Any, str] = {}
+    for name, value in values.items():
+        if isinstance(value, _SCALAR_TYPES):
+            # The type it is stored as: a numpy float64 (a float subclass) is saved as a float.
+            out[name] = ("scalar", next(t for t in _SCALAR_TYPES if isinstance(value, t)).__name__)
+            continue
+        shape = value.shape
+        if type(shape) is not tuple:  # e.g. a tf.TensorShape
+            shape = tuple(int(d) for d in shape)
+        try:
+            dtype = names_of.get(value.dtype)
+            if dtype is None:
+                dtype = names_of[value.dtype] = _dtype_of(value)
+        except TypeError:  # an unhashable dtype object
+            dtype = _dtype_of(value)
+        out[name] = (shape, dtype)
+    return out
 
 
-def compare(manifest: Manifest, template: Mapping[str, Any], names: Iterable[str] | None, where: str) -> list[TensorMismatch]:
-    """Every difference between a checkpoint and a template, in template order then checkpoint order."""
-    arrays, scalars = flatten_template(template)
-    wanted = dict(arrays) | dict(scalars)
-    stored: dict[str, TensorEntry | Scalar] = dict(manifest.tensors) | dict(manifest.scalars)
+def _stored_specs(manifest: Manifest) -> dict[str, Spec]:
+    """(shape, dtype) of every stored tensor, then every scalar — from the table's columns, no entries built."""
+    out: dict[str, Spec] = dict(tensor_specs(manifest.tensors))
+    for name, value in manifest.scalars.items():
+        out[name] = ("scalar", type(value).__name__)
+    return out
+
+
+def tensor_specs(tensors: Mapping[str, TensorEntry]) -> Mapping[str, tuple[tuple[int, ...], str]]:
+    """``name -> (shape, dtype name)`` of ``tensors`` (a table's without building its entries)."""
+    if isinstance(tensors, TensorTable):
+        return tensors.specs()
+    return {name: (tuple(entry.shape), entry.dtype) for name, entry in tensors.items()}
+
+
+def _shown(spec: Spec) -> tuple[str, str]:
+    shape, dtype = spec
+    return shape if isinstance(shape, str) else "[" + ", ".join(map(str, shape)) + "]", dtype
+
+
+def compare(
+    manifest: Manifest,
+    template: Mapping[str, Any],
+    names: Iterable[str] | None,
+    where: str,
+    flat: tuple[dict[str, Any], dict[str, Scalar]] | None = None,
+) -> list[TensorMismatch]:
+    """Every difference between a checkpoint and a template, in template order then checkpoint order
+    (``flat``: the template's ``flatten_template``, when the caller has it already).
+
+    Per name it compares two small tuples (strings only for the differences), so a 10k-tensor template
+    costs milliseconds."""
+    arrays, scalars = flat if flat is not None else flatten_template(template)
+    wanted = _template_specs(dict(arrays) | dict(scalars))
+    stored = _stored_specs(manifest)
     if names is not None:
         selected = set(names)
         wanted = {n: v for n, v in wanted.items() if n in selected}
         stored = {n: v for n, v in stored.items() if n in selected}
     out = []
-    for name, value in wanted.items():
-        model_shape, model_dtype = _spec(value)
-        if name not in stored:
-            out.append(TensorMismatch(name, "missing", None, f"{model_shape} {model_dtype}"))
-            continue
-        ckpt_shape, ckpt_dtype = _entry_spec(stored[name])
-        if ckpt_shape != model_shape:
-            out.append(TensorMismatch(name, "shape", ckpt_shape, model_shape))
-        elif ckpt_dtype != model_dtype:
-            out.append(TensorMismatch(name, "dtype", ckpt_dtype, model_dtype))
-    for name, entry in stored.items():
+    for name, spec in wanted.items():
+        have = stored.get(name)
+        if have is None:
+            out.append(TensorMismatch(name, "missing", None, " ".join(_shown(spec))))
+        elif have[0] != spec[0]:
+            out.append(TensorMismatch(name, "shape", _shown(have)[0], _shown(spec)[0]))
+        elif have[1] != spec[1]:
+            out.append(TensorMismatch(name, "dtype", have[1], spec[1]))
+    for name, have in stored.items():
         if name not in wanted:
-            shape, dtype = _entry_spec(entry)
-            out.append(TensorMismatch(name, "unexpected", f"{shape} {dtype}", None))
+            out.append(TensorMismatch(name, "unexpected", " ".join(_shown(have)), None))
+    return out
+
+
+def destinations(arrays: Mapping[str, Any], entries: Mapping[str, TensorEntry], where: str) -> dict[str, np.ndarray]:
+    """The ``arrays`` (an ``into`` state, flattened) that the tensors in ``entries`` are read into, after
+    checking that each can be written in place: a numpy array, writable, C-contiguous, of exactly the
+    stored dtype (byte order included) and shape. Every problem is listed in one error, before anything
+    is read."""
+    specs = tensor_specs(entries)
+    out: dict[str, np.ndarray] = {}
+    problems: list[str] = []
+    dtypes: dict[str, np.dtype] = {}
+    for name, value in arrays.items():
+        spec = specs.get(name)
+        if spec is None:  # not restored (excluded by names=, or a mismatch under strict=False)
+            continue
+        if not isinstance(value, np.ndarray):
+            problems.append(f"{name}: a {type(value).__name__}, not a numpy array (pass a writable numpy view "
+                            "of its memory, e.g. tensor.numpy())")
+            continue
+        shape, dtype_str = spec
+        dtype = dtypes.get(dtype_str)
+        if dtype is None:
+            dtype = dtypes[dtype_str] = dtype_from_name(dtype_str)
+        if not value.flags.writeable:
+            problems.append(f"{name}: read-only")
+        elif not value.flags.c_contiguous:
+            problems.append(f"{name}: not C-contiguous")
+        elif value.dtype != dtype or value.shape != shape:
+            problems.append(f"{name}: {value.dtype.str} {list(value.shape)}, stored {dtype.str} {list(shape)}")
+        else:
+            out[name] = value
+    if problems:
+        raise ValueError(f"{where}: cannot restore in place into " + "; ".join(problems))
     return out
 
 
@@ -339,7 +416,9 @@ def flatten_template(template: Mapping[str, Any]) -> tuple[dict[str, Any], dict[
     def visit(prefix: str, mapping: Mapping[Any, Any]) -> None:
         for key, value in mapping.items():
             name = f"{prefix}/{key}" if prefix else str(key)
-            if isinstance(value, Mapping):
+            if type(value) is np.ndarray:  # the common case first: an ABC check costs more than the rest
+                arrays[name] = value
+            elif isinstance(value, Mapping):
                 visit(name, value)
             elif isinstance(value, _SCALAR_TYPES):
                 scalars[name] = value
@@ -838,6 +917,7 @@ class CheckpointStore:
         *,
         names: Iterable[str] | None = None,
         like: Mapping[str, Any] | None = None,
+        into: Mapping[str, Any] | None = None,
         strict: bool = True,
         verify: bool | None = None,
         mmap: bool = False,
@@ -851,6 +931,14 @@ class CheckpointStore:
             names: restore only these tensors (reads only their bytes).
             like: a template mapping (arrays or anything with ``.shape``/``.dtype``, or scalars); every
                 name, shape and dtype is compared before any data is read.
+            into: restore in place: a state (nested like ``like``) of writable, C-contiguous numpy
+                arrays to read the tensors straight into; it is also the template (pass ``like`` or
+                ``into``, not both). The returned dict holds these same arrays. Nothing is allocated
+                for them, so the restore needs no memory of its own and never waits for fresh memory
+                (on this kind of virtual machine, first touch of memory freed a second earlier can cost
+                10x the read). Trade-off: a restore that fails (a checksum, a read) may have
+                overwritten part of the arrays — small tensors are placed only once verified, large ones
+                as they are read. With ``strict=False`` a mismatched array is left as it is.
             strict: with ``like``, raise on any difference; when false, restore the matching subset
                 and log the rest.
             verify: check the chunks' checksums (default: the store's ``verify``; with ``mmap``, only when
@@ -867,11 +955,19 @@ class CheckpointStore:
         Raises:
             NotFound: no such checkpoint, or a requested name is not in it.
             Unsupported: ``mmap=True`` on a store that is not on local disk.
-            CheckpointMismatch: ``like`` differs from the checkpoint (lists every difference).
+            CheckpointMismatch: ``like`` or ``into`` differs from the checkpoint (lists every difference).
             ChecksumError, FormatError: the checkpoint is damaged; nothing is returned.
+            TypeError, ValueError: an ``into`` array cannot be written in place (says which and why),
+                or ``into`` with ``like`` or ``mmap``; checked before anything is read.
         """
+        if into is not None:
+            if like is not None:
+                raise ValueError("restore: pass like or into, not both (into is also the template)")
+            if mmap:
+                raise ValueError("restore: into (read into existing arrays) and mmap (map the files) exclude each other")
         with counting_retries() as retried:
-            return self._restore(step, names, like, strict, verify, mmap, retried)
+            return self._restore(step, names, into if into is not None else like, strict, verify, mmap, retried,
+                                 in_place=into is not None)
 
     def _restore(
         self,
@@ -882,6 +978,7 @@ class CheckpointStore:
         verify: bool | None,
         mmap: bool,
         retried: RetryTally,
+        in_place: bool = False,
     ) -> dict[str, Any]:
         started = time.perf_counter()
         manifest = self.manifest(step)
@@ -893,8 +990,9 @@ class CheckpointStore:
             if missing:
                 raise NotFound(f"{where}: no tensor named {', '.join(map(repr, missing))}")
             selected = names
+        flat = flatten_template(like) if like is not None else None
         if like is not None:
-            mismatches = compare(manifest, like, names, where)
+            mismatches = compare(manifest, like, names, where, flat)
             if mismatches and strict:
                 raise CheckpointMismatch(where, mismatches)
             if mismatches:
@@ -907,6 +1005,7 @@ class CheckpointStore:
         # Every tensor, in manifest order (the usual restore): the manifest's own mapping, so a 2.0
         # table is planned from its columns without an entry per tensor.
         entries = tensors if whole or wanted == list(tensors) else {n: tensors[n] for n in wanted}
+        dests = destinations(flat[0], entries, where) if flat is not None and in_place else None
         with self._using(manifest.step):
             prefix = step_dir(manifest.step)
             needed = shards_of(entries)
@@ -917,12 +1016,12 @@ class CheckpointStore:
                 check = self.verify if verify is None else verify
                 arrays = read_tensors(
                     self._storage, prefix, entries,
-                    checksum=manifest.checksum if check else None, workers=self.read_workers,
+                    checksum=manifest.checksum if check else None, workers=self.read_workers, into=dests,
                 )
         seconds = time.perf_counter() - started
         stats = TransferStats(
             "restore", manifest.step, nbytes_of(entries), seconds, seconds, retries=retried.count,
-            files=len(needed), mode="mmap" if mmap else "read",
+            files=len(needed), mode="mmap" if mmap else "into" if in_place else "read",
         )
         self._last_restore_stats = stats
         log.info("%s: %s", self._storage.url, stats.describe())

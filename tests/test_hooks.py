@@ -222,6 +222,35 @@ def test_restore_or_initialize_checks_against_like_without_initializing(store: C
     assert r.step == 3 and r.state["dense/kernel"][2, 1] == 3.0
 
 
+def test_restore_or_initialize_reads_into_the_initialized_arrays(store: CheckpointStore) -> None:
+    """No second copy of the model: the checkpoint lands in the arrays initialize() just built —
+    unless they cannot be written in place, or the caller says in_place=False."""
+    store.save(4, _params(4.0))
+    built: list[dict[str, np.ndarray]] = []
+
+    def init() -> dict[str, np.ndarray]:
+        built.append(_params(-1.0))
+        return built[-1]
+
+    r = restore_or_initialize(store, init)
+    assert all(r.state[k] is v for k, v in built[-1].items())
+    assert built[-1]["dense/kernel"][0, 0] == 4.0 and store.last_restore_stats.mode == "into"
+
+    r = restore_or_initialize(store, init, in_place=False)
+    assert not any(r.state[k] is v for k, v in built[-1].items())
+    assert built[-1]["dense/kernel"][0, 0] == -1.0 and r.state["dense/kernel"][0, 0] == 4.0
+
+    def read_only() -> dict[str, np.ndarray]:
+        params = _params(-1.0)
+        params["dense/bias"].setflags(write=False)
+        built.append(params)
+        return params
+
+    r = restore_or_initialize(store, read_only)  # one array cannot take it: all read fresh, as before
+    assert store.last_restore_stats.mode == "read" and built[-1]["dense/kernel"][0, 0] == -1.0
+    assert r.state["dense/bias"][0] == 4.0
+
+
 def test_a_fresh_run_does_not_silently_skip_an_existing_step(store: CheckpointStore) -> None:
     """Only a state known to be the stored one is not rewritten; any other collision is an error."""
     store.save(0, _params(1.0))

@@ -21,6 +21,7 @@ from ckptstore.errors import (
     StorageError,
 )
 from ckptstore.format import LATEST_KEY, manifest_key
+from ckptstore.manager import flatten_state
 
 REMOTE = ("s3-moto", "s3-seaweedfs", "gcs")
 
@@ -347,11 +348,57 @@ def test_non_strict_restores_the_matching_subset(model_dir, caplog):
     assert "b: shape [5] in the model, [2] in the checkpoint" in caplog.text
 
 
+def test_a_numpy_float_scalar_in_the_template_matches_the_float_it_was_saved_as(tmp_path):
+    store = CheckpointStore(tmp_path / "s")
+    store.save(1, {"lr": np.float64(0.1), "w": np.zeros(2)})  # saved as a Python float
+    assert store.restore(like={"lr": np.float64(0.5), "w": np.zeros(2)})["lr"] == 0.1
+    with pytest.raises(CheckpointMismatch, match="lr: dtype int in the model, float in the checkpoint"):
+        store.restore(like={"lr": 1, "w": np.zeros(2)})
+
+
 def test_compatible_template_restores_everything(model_dir):
     store = open_store(model_dir)
     state = dnn_classifier_variables([10, 10])
     store.save(1, state)
     assert_same(store.restore(like=dnn_classifier_variables([10, 10])), state)
+
+
+def test_restore_into_existing_arrays(model_dir):
+    """``into``: every tensor lands in the caller's own arrays (whatever their address: numpy's large
+    allocations start 16 bytes into a page), large ones split into chunks included; scalars come back
+    from the checkpoint, and the result holds the very same array objects."""
+    store = open_store(model_dir, chunk_size=1 << 20)
+    rng = np.random.default_rng(7)
+    state = {
+        "big": rng.random((1200, 1000), dtype=np.float32),  # 4.6 MiB: large, 5 chunks
+        "layer": {f"w{i}": rng.integers(-9, 9, (3 + i, 50 + i), dtype=np.int16) for i in range(30)},
+        "odd": rng.random(100_003, dtype=np.float64),  # ends mid-page
+        "empty": np.zeros((0, 4), np.float32),
+        "epoch": 3,
+    }
+    store.save(1, state)
+    into = {
+        "big": np.zeros((1200, 1000), np.float32),
+        "layer": {k: np.zeros_like(v) for k, v in state["layer"].items()},
+        "odd": np.full(100_003, -1.0),
+        "empty": np.zeros((0, 4), np.float32),
+        "epoch": 0,
+    }
+    before = {"big": into["big"], "odd": into["odd"], **{f"layer/{k}": v for k, v in into["layer"].items()}}
+    restored = store.restore(into=into)
+    for name, array in before.items():
+        assert restored[name] is array, name
+    arrays, scalars = flatten_state(state)
+    assert_same(restored, arrays | scalars)
+    assert restored["epoch"] == 3 and into["epoch"] == 0  # scalars cannot be written in place
+    assert store.last_restore_stats.mode == "into"
+
+    # A subset: only the named tensors are written, the rest keep their contents.
+    into["odd"][:] = -1.0
+    into["big"][:] = 0.0
+    store.restore(names=["odd"], into={"odd": into["odd"], "big": into["big"]})
+    np.testing.assert_array_equal(into["odd"], state["odd"])
+    assert not into["big"].any()
 
 
 # ---------------------------------------------------------------------------------------------
