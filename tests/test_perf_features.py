@@ -211,6 +211,32 @@ def test_staging_buffers_are_reused_between_background_saves(backend: Any) -> No
     assert store._staging.nbytes == 0
 
 
+def test_reserve_staging_allocates_the_buffers_the_first_background_save_uses(backend: Any) -> None:
+    store = CheckpointStore(storage=backend, workers=2)
+    held = store.reserve_staging(_state(0))
+    reserved = [id(b) for b in store._staging._buffers]
+    model = sum(a.nbytes for a in [_state(0)["big"], *_state(0)["small"].values()])
+    assert model <= held == store._staging.nbytes <= model + 64 * 4096
+    handle = store.save(1, _state(1), blocking=False)
+    assert [id(b) for b in store._staging._buffers] == reserved  # no allocation while the caller waited
+    handle.result(30)
+    # Reserving again while a save is in flight waits for it, so its buffers are not touched mid-write.
+    gated = GatedStorage(backend)
+    store2 = CheckpointStore(storage=gated, workers=2)
+    store2.reserve_staging(_state(2))
+    store2.save(2, _state(2), blocking=False)
+    assert gated.entered.wait(30)
+    releaser = threading.Timer(0.3, gated.release)
+    releaser.start()
+    store2.reserve_staging(_state(2))
+    assert not store2._pending  # it waited for the save, which committed intact
+    _assert_same(store2.restore(2), _state(2))
+    with pytest.raises(TypeError):
+        store2.reserve_staging({"bad": object()})
+    store.close()
+    store2.close()
+
+
 def test_staged_shards_are_byte_identical_to_streamed_ones(tmp_path: Path) -> None:
     a = CheckpointStore(tmp_path / "a", workers=2, max_shard_size=1 << 20, chunk_size=256 << 10)
     b = CheckpointStore(tmp_path / "b", workers=2, max_shard_size=1 << 20, chunk_size=256 << 10)
