@@ -955,8 +955,10 @@ class CheckpointStore:
             like: a template mapping (arrays or anything with ``.shape``/``.dtype``, or scalars); every
                 name, shape and dtype is compared before any data is read.
             into: restore in place: a state (nested like ``like``) of writable, C-contiguous numpy
-                arrays to read the tensors straight into; it is also the template (pass ``like`` or
-                ``into``, not both). The returned dict holds these same arrays. Nothing is allocated
+                arrays to read the tensors straight into; it is also the template unless ``like`` is
+                given (then ``like`` is compared, and ``into`` supplies destinations for some of the
+                restored tensors, each of exactly the stored shape and dtype; its other arrays are left
+                as they are). The returned dict holds these same arrays. Nothing is allocated
                 for them, so the restore needs no memory of its own and never waits for fresh memory
                 (on this kind of virtual machine, first touch of memory freed a second earlier can cost
                 10x the read). Trade-off: a restore that fails (a checksum, a read) may have
@@ -981,27 +983,23 @@ class CheckpointStore:
             CheckpointMismatch: ``like`` or ``into`` differs from the checkpoint (lists every difference).
             ChecksumError, FormatError: the checkpoint is damaged; nothing is returned.
             TypeError, ValueError: an ``into`` array cannot be written in place (says which and why),
-                or ``into`` with ``like`` or ``mmap``; checked before anything is read.
+                or ``into`` with ``mmap``; checked before anything is read.
         """
-        if into is not None:
-            if like is not None:
-                raise ValueError("restore: pass like or into, not both (into is also the template)")
-            if mmap:
-                raise ValueError("restore: into (read into existing arrays) and mmap (map the files) exclude each other")
+        if into is not None and mmap:
+            raise ValueError("restore: into (read into existing arrays) and mmap (map the files) exclude each other")
         with counting_retries() as retried:
-            return self._restore(step, names, into if into is not None else like, strict, verify, mmap, retried,
-                                 in_place=into is not None)
+            return self._restore(step, names, like if like is not None else into, into, strict, verify, mmap, retried)
 
     def _restore(
         self,
         step: int | None,
         names: Iterable[str] | None,
         like: Mapping[str, Any] | None,
+        into: Mapping[str, Any] | None,
         strict: bool,
         verify: bool | None,
         mmap: bool,
         retried: RetryTally,
-        in_place: bool = False,
     ) -> dict[str, Any]:
         started = time.perf_counter()
         manifest = self.manifest(step)
@@ -1028,7 +1026,9 @@ class CheckpointStore:
         # Every tensor, in manifest order (the usual restore): the manifest's own mapping, so a 2.0
         # table is planned from its columns without an entry per tensor.
         entries = tensors if whole or wanted == list(tensors) else {n: tensors[n] for n in wanted}
-        dests = destinations(flat[0], entries, where) if flat is not None and in_place else None
+        dests = None
+        if into is not None:
+            dests = destinations((flat if into is like and flat is not None else flatten_template(into))[0], entries, where)
         with self._using(manifest.step):
             prefix = step_dir(manifest.step)
             needed = shards_of(entries)
@@ -1044,7 +1044,7 @@ class CheckpointStore:
         seconds = time.perf_counter() - started
         stats = TransferStats(
             "restore", manifest.step, nbytes_of(entries), seconds, seconds, retries=retried.count,
-            files=len(needed), mode="mmap" if mmap else "into" if in_place else "read",
+            files=len(needed), mode="mmap" if mmap else "into" if dests else "read",
         )
         self._last_restore_stats = stats
         log.info("%s: %s", self._storage.url, stats.describe())

@@ -724,10 +724,23 @@ def test_restore_into_names_every_destination_it_cannot_write_and_the_way_out(tm
     text = str(err.value)
     assert "big: a ShapedThing, not a numpy array" in text and "tensor.numpy()" in text
     assert "small/b0: read-only" in text and str(tmp_path / "s") in text
-    with pytest.raises(ValueError, match="like or into"):
-        store.restore(like=state, into=_zeros_like_state(state))
     with pytest.raises(ValueError, match="exclude each other"):
         store.restore(into=_zeros_like_state(state), mmap=True)
+
+
+def test_restore_with_like_as_the_template_and_into_as_some_destinations(tmp_path: Path) -> None:
+    """With ``like`` the template, ``into`` only supplies destinations: here for two of the tensors;
+    the rest come back in fresh arrays. An ``into`` array that differs from its tensor is refused."""
+    store = CheckpointStore(tmp_path / "s", workers=2)
+    state = _state(6)
+    store.save(1, state)
+    dests = {"big": np.zeros_like(state["big"]), "small": {"b2": np.zeros_like(state["small"]["b2"])}}
+    restored = store.restore(like=state, into=dests)
+    assert restored["big"] is dests["big"] and restored["small/b2"] is dests["small"]["b2"]
+    _assert_same(restored, state)
+    assert store.last_restore_stats.mode == "into"
+    with pytest.raises(ValueError, match=r"small/b2: <i8 \[3\], stored <i8 \[39\]"):
+        store.restore(like=state, into={"small": {"b2": np.zeros(3, np.int64)}})
 
 
 def test_restore_into_a_mismatched_state_reads_nothing(tmp_path: Path, caplog: Any) -> None:

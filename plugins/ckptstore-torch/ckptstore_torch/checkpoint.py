@@ -4,7 +4,9 @@
 ``state_dict()`` under its name (``model/layer.weight``, ``optim/state/0/exp_avg`` ...), tensors as
 views of their own memory. ``restore(store, {"model": model, "optim": optimizer})`` first compares
 every name, shape and dtype with what the objects hold now and raises one ``CheckpointMismatch`` that
-lists every difference; only then does it read, and load the result back with ``load_state_dict``.
+lists every difference; only then does it read — a module's and a tensor's CPU tensors straight into
+their own memory (``CheckpointStore.restore(into=...)``: no second copy of the model) — and load the
+result back with ``load_state_dict``.
 With a ``coordinator`` both run on every rank through ``ckptstore.distributed``.
 """
 
@@ -19,8 +21,9 @@ import torch
 
 from ckptstore import CheckpointInfo, CheckpointStore, distributed
 from ckptstore.errors import CheckpointMismatch, TensorMismatch
+from ckptstore.format import dtype_from_name
 from ckptstore.manager import compare
-from ckptstore_torch.tensors import TREE, flatten, names_under, tensor_spec, unflatten
+from ckptstore_torch.tensors import TREE, TensorSpec, flatten, names_under, tensor_spec, to_numpy, unflatten
 
 log = logging.getLogger("ckptstore")
 
@@ -112,13 +115,49 @@ def restore(
             if strict:
                 raise CheckpointMismatch(where, mismatches)
             log.warning("%s", CheckpointMismatch(where, mismatches))
-        return store.restore(manifest.step, names=wanted, verify=verify)
+        dests = _in_place(objects, set(wanted))
+        if not dests:
+            return store.restore(manifest.step, names=wanted, verify=verify)
+        # Compared above already: the template is what is stored, into only says where tensors go.
+        return store.restore(manifest.step, names=wanted, like=_stored(manifest, wanted), into=dests, verify=verify)
 
     if coordinator is None:
         flat = read(step)
     else:
         flat = distributed.restore_with(store, coordinator, read, step)
     return {name: _load(name, obj, flat, strict) for name, obj in objects.items()}
+
+
+def _in_place(objects: Mapping[str, Any], wanted: set[str]) -> dict[str, Any]:
+    """Flat name -> numpy view of the memory a module's or a tensor's tensor lives in, for each one that
+    can be restored in place (on the CPU, contiguous, not a conjugate or negative view)."""
+    out: dict[str, Any] = {}
+    for name, obj in objects.items():
+        if isinstance(obj, torch.nn.Module):
+            items = [(f"{name}/{key}", t) for key, t in obj.state_dict().items()]
+        elif isinstance(obj, torch.Tensor):
+            items = [(name, obj)]
+        else:
+            continue
+        for flat, t in items:
+            if (flat in wanted and isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.layout == torch.strided
+                    and not t.is_quantized and t.is_contiguous() and not t.is_conj() and not t.is_neg()):
+                view = to_numpy(t)
+                if view.ctypes.data == t.data_ptr():  # a view, not a copy
+                    out[flat] = view
+    return out
+
+
+def _stored(manifest: Any, names: list[str]) -> dict[str, Any]:
+    """A template that is exactly what ``manifest`` stores under ``names``."""
+    out: dict[str, Any] = {}
+    for n in names:
+        if n in manifest.tensors:
+            entry = manifest.tensors[n]
+            out[n] = TensorSpec(tuple(entry.shape), dtype_from_name(entry.dtype))
+        else:
+            out[n] = manifest.scalars[n]
+    return out
 
 
 def _template(name: str, obj: Any) -> dict[str, Any] | None:

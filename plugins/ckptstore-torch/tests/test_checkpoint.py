@@ -117,6 +117,36 @@ def test_module_and_optimizer_resume_exactly(tmp_path) -> None:
     assert train(m, opt, 2) == train(m2, opt2, 2)
 
 
+def test_modules_and_tensors_are_restored_into_their_own_memory(tmp_path) -> None:
+    """No second copy of the model: a module's CPU parameters and buffers (bfloat16 included) and a bare
+    tensor are read straight into their memory; a non-contiguous tensor falls back to a copy_."""
+    m = model()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    train(m, opt, 2)
+    counter = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    transposed = torch.arange(6, dtype=torch.int64).reshape(2, 3).t()  # not contiguous
+    store = CheckpointStore(tmp_path / "md")
+    ckptstore_torch.save(store, 2, {"model": m, "optim": opt, "counter": counter, "transposed": transposed})
+
+    m2 = model()
+    with torch.no_grad():
+        for t in m2.state_dict().values():
+            t.zero_()
+    ptrs = {k: t.data_ptr() for k, t in m2.state_dict().items()}
+    counter2, transposed2 = torch.zeros(3, 4), torch.zeros(3, 2, dtype=torch.int64).t().contiguous().t()
+    assert not transposed2.is_contiguous()
+    opt2 = torch.optim.AdamW(m2.parameters(), lr=1e-2)
+    out = ckptstore_torch.restore(store, {"model": m2, "optim": opt2, "counter": counter2, "transposed": transposed2})
+    assert store.last_restore_stats.mode == "into"
+    assert {k: t.data_ptr() for k, t in m2.state_dict().items()} == ptrs
+    for key, value in m.state_dict().items():
+        assert torch.equal(m2.state_dict()[key], value), key
+        assert out["model"][key].data_ptr() == ptrs[key], key  # what was read is the module's own memory
+    assert torch.equal(counter2, counter) and out["counter"].data_ptr() == counter2.data_ptr()
+    assert torch.equal(transposed2, transposed)
+    assert train(m, opt, 1) == train(m2, opt2, 1)
+
+
 def test_incompatible_module_lists_every_difference_before_reading(tmp_path) -> None:
     store = CheckpointStore(tmp_path / "md")
     ckptstore_torch.save(store, 1, {"model": model()})
