@@ -958,12 +958,13 @@ class CheckpointStore:
                 arrays to read the tensors straight into; it is also the template unless ``like`` is
                 given (then ``like`` is compared, and ``into`` supplies destinations for some of the
                 restored tensors, each of exactly the stored shape and dtype; its other arrays are left
-                as they are). The returned dict holds these same arrays. Nothing is allocated
-                for them — the restore needs a scratch buffer per reader (at most 4 MiB) and no fresh
-                memory, whose first touch can cost 10x the read on a virtual machine that hands free
-                memory back to its host (as this project's benchmark machine does). Trade-off: a restore that fails (a checksum, a read) may have
-                overwritten part of the arrays — small tensors are placed only once verified, large ones
-                as they are read. With ``strict=False`` a mismatched array is left as it is.
+                as they are). The returned dict holds these same arrays. Nothing is allocated for them:
+                the restore needs a scratch buffer per reader (at most 4 MiB) and no fresh memory, whose
+                first touch can cost 10x the read on a virtual machine that hands free memory back to
+                its host (as this project's benchmark machine does). Trade-off: a restore that fails (a
+                checksum, a read) may have overwritten part of the arrays — small tensors are placed
+                only once verified, large ones as they are read. With ``strict=False`` a mismatched
+                array is left as it is.
             strict: with ``like``, raise on any difference; when false, restore the matching subset
                 and log the rest.
             verify: check the chunks' checksums (default: the store's ``verify``; with ``mmap``, only when
