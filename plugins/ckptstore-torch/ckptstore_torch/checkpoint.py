@@ -73,6 +73,7 @@ def restore(
     strict: bool = True,
     verify: bool | None = None,
     coordinator: distributed.Coordinator | None = None,
+    in_place: bool = True,
 ) -> dict[str, Any]:
     """Restore named objects in place and return what was read, by name.
 
@@ -83,6 +84,10 @@ def restore(
     Args:
         strict: raise ``CheckpointMismatch`` on any difference; when false, restore what matches and
             log the rest (modules then load with ``strict=False``).
+        in_place: read a module's (and a bare tensor's) CPU contiguous tensors straight into their
+            memory — no second copy of the model; if that read fails (a corrupt chunk, the storage),
+            they may hold part of the checkpoint. False: read everything into fresh memory first, so
+            a failed restore leaves the objects exactly as they were.
 
     Raises:
         CheckpointMismatch: names, shapes or dtypes differ (every difference listed), before any read.
@@ -115,7 +120,7 @@ def restore(
             if strict:
                 raise CheckpointMismatch(where, mismatches)
             log.warning("%s", CheckpointMismatch(where, mismatches))
-        dests = _in_place(objects, set(wanted))
+        dests = _in_place(objects, set(wanted)) if in_place else {}
         if not dests:
             return store.restore(manifest.step, names=wanted, verify=verify)
         # Compared above already: the template is what is stored, into only says where tensors go.

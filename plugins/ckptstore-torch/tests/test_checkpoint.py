@@ -10,7 +10,7 @@ import torch
 from ckptstore_torch import from_numpy, state_of, to_numpy, unflatten
 
 from ckptstore import CheckpointStore
-from ckptstore.errors import CheckpointMismatch
+from ckptstore.errors import CheckpointMismatch, ChecksumError
 
 DTYPES = [
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2,
@@ -145,6 +145,34 @@ def test_modules_and_tensors_are_restored_into_their_own_memory(tmp_path) -> Non
     assert torch.equal(counter2, counter) and out["counter"].data_ptr() == counter2.data_ptr()
     assert torch.equal(transposed2, transposed)
     assert train(m, opt, 1) == train(m2, opt2, 1)
+
+
+def test_a_corrupt_checkpoint_leaves_the_module_as_it_was_unless_restored_in_place(tmp_path) -> None:
+    """in_place=False reads into fresh memory first: a corrupt chunk leaves the module as it was. In
+    place, a small tensor is still copied in only once verified, but a large one (here 4 MiB) is read
+    into the parameter piece by piece, so the failed restore leaves part of it written (documented)."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.Linear(1024, 2))
+    store = CheckpointStore(tmp_path / "md")
+    ckptstore_torch.save(store, 1, {"model": m})
+    path = tmp_path / "md" / f"step-{1:012d}"
+    for name in ("model/0.weight", "model/1.weight"):  # a large and a small tensor, each damaged at its end
+        chunk = store.manifest(1).tensors[name].chunks[-1]
+        shard = path / chunk.shard
+        data = bytearray(shard.read_bytes())
+        data[chunk.offset + chunk.nbytes - 1] ^= 0x10
+        shard.write_bytes(bytes(data))
+    m2 = torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.Linear(1024, 2))
+    with torch.no_grad():
+        for p in m2.parameters():
+            p.fill_(7.0)
+    with pytest.raises(ChecksumError, match=r"model/[01]\.weight"):
+        ckptstore_torch.restore(store, {"model": m2}, in_place=False)
+    assert all(bool((p == 7.0).all()) for p in m2.parameters())  # untouched
+    with pytest.raises(ChecksumError, match=r"model/[01]\.weight"):
+        ckptstore_torch.restore(store, {"model": m2})
+    assert bool((m2[1].weight == 7.0).all())  # small: placed only once verified
+    assert not bool((m2[0].weight == 7.0).all())  # large: partly overwritten before the check failed
 
 
 def test_incompatible_module_lists_every_difference_before_reading(tmp_path) -> None:
