@@ -22,8 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
-
+from ckptstore.manager import flatten_template, in_place_problem
 from ckptstore.policies import SaveContext, SavePolicy, from_run_config
 
 log = logging.getLogger(__name__)
@@ -346,13 +345,6 @@ def restore_or_initialize(
 
 
 def _writable_in_place(state: Mapping[str, Any]) -> bool:
-    """Whether every array of a (nested) state can be restored into as it is."""
-    for value in state.values():
-        if isinstance(value, Mapping):
-            if not _writable_in_place(value):
-                return False
-        elif hasattr(value, "shape") and not isinstance(value, (bool, int, float, str)):
-            if not (isinstance(value, np.ndarray) and value.flags.writeable and value.flags.c_contiguous
-                    and value.dtype == value.dtype.newbyteorder("<")):
-                return False
-    return True
+    """Whether every array of a (nested) state can be restored into as it is (byte order included)."""
+    arrays, _ = flatten_template(state)
+    return all(in_place_problem(a) is None and a.dtype == a.dtype.newbyteorder("<") for a in arrays.values())

@@ -374,6 +374,17 @@ def compare(
     return out
 
 
+def in_place_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be restored into in place (whatever its tensor), or None if it can."""
+    if not isinstance(value, np.ndarray):
+        return f"a {type(value).__name__}, not a numpy array (pass a writable numpy view of its memory, e.g. tensor.numpy())"
+    if not value.flags.writeable:
+        return "read-only"
+    if not value.flags.c_contiguous:
+        return "not C-contiguous"
+    return None
+
+
 def destinations(arrays: Mapping[str, Any], entries: Mapping[str, TensorEntry], where: str) -> dict[str, np.ndarray]:
     """The ``arrays`` (an ``into`` state, flattened) that the tensors in ``entries`` are read into, after
     checking that each can be written in place: a numpy array, writable, C-contiguous, of exactly the
@@ -387,19 +398,15 @@ def destinations(arrays: Mapping[str, Any], entries: Mapping[str, TensorEntry], 
         spec = specs.get(name)
         if spec is None:  # not restored (excluded by names=, or a mismatch under strict=False)
             continue
-        if not isinstance(value, np.ndarray):
-            problems.append(f"{name}: a {type(value).__name__}, not a numpy array (pass a writable numpy view "
-                            "of its memory, e.g. tensor.numpy())")
+        problem = in_place_problem(value)
+        if problem is not None:
+            problems.append(f"{name}: {problem}")
             continue
         shape, dtype_str = spec
         dtype = dtypes.get(dtype_str)
         if dtype is None:
             dtype = dtypes[dtype_str] = dtype_from_name(dtype_str)
-        if not value.flags.writeable:
-            problems.append(f"{name}: read-only")
-        elif not value.flags.c_contiguous:
-            problems.append(f"{name}: not C-contiguous")
-        elif value.dtype != dtype or value.shape != shape:
+        if value.dtype != dtype or value.shape != shape:
             problems.append(f"{name}: {value.dtype.str} {list(value.shape)}, stored {dtype.str} {list(shape)}")
         else:
             out[name] = value
@@ -1028,8 +1035,9 @@ class CheckpointStore:
         # table is planned from its columns without an entry per tensor.
         entries = tensors if whole or wanted == list(tensors) else {n: tensors[n] for n in wanted}
         dests = None
-        if into is not None:
-            dests = destinations((flat if into is like and flat is not None else flatten_template(into))[0], entries, where)
+        if into is not None:  # then like is not None either: into itself, or the template given with it
+            into_arrays = flat[0] if flat is not None and into is like else flatten_template(into)[0]
+            dests = destinations(into_arrays, entries, where)
         with self._using(manifest.step):
             prefix = step_dir(manifest.step)
             needed = shards_of(entries)

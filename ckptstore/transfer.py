@@ -666,20 +666,22 @@ def _read_run(
     run: _Run,
     view: memoryview,
     checksum: str | None,
+    place: Callable[[int, int, int], None] | None = None,
 ) -> None:
-    """A run of small chunks into its place in the arena, each chunk checksummed as soon as its last
-    byte has landed — while it is still in cache (a 16 MiB run checked after the whole read would be
-    read back from memory)."""
+    """A run of small chunks into ``view`` (its place in the arena, or a scratch buffer), each chunk
+    checksummed as soon as its last byte has landed — while it is still in cache (a 16 MiB run checked
+    after the whole read would be read back from memory) — then, if given, ``place(k, start, end)``d:
+    the run's ``k``-th chunk, bytes ``start:end`` of ``view``, copied to where it belongs."""
     key = f"{prefix}/{run.shard}"
-    if checksum is None:
+    if checksum is None and place is None:
         storage.read_into(key, run.start, view)
         return
     rows = run.rows
     starts = (small.offset[rows] - run.start).tolist()
     ends = (small.offset[rows] + small.nbytes[rows] - run.start).tolist()
     stored = small.checksum[rows].tolist()
-    hash_of = checksum_function(checksum)
-    checked = 0  # chunks of the run verified so far
+    hash_of = checksum_function(checksum) if checksum is not None else None
+    done = 0  # chunks of the run checked (and placed) so far
     pieces = _pieces(storage, key, run.start, view, RUN_PIECE) if storage.read_piece_size else None
     if pieces is None:
         storage.read_into(key, run.start, view)
@@ -687,14 +689,14 @@ def _read_run(
     landed = 0  # bytes of the run read so far
     for piece in pieces:
         landed += len(piece)
-        while checked < len(ends) and ends[checked] <= landed:
-            actual = hash_of(view[starts[checked] : ends[checked]])
-            if actual != stored[checked]:
-                k = int(rows[checked])
-                name = small.names[int(small.index[k])]
-                chunk = Chunk(run.shard, run.start + starts[checked], ends[checked] - starts[checked], stored[checked])
-                raise _checksum_error(url, key, name, chunk, actual, checksum)
-            checked += 1
+        while done < len(ends) and ends[done] <= landed:
+            if hash_of is not None and (actual := hash_of(view[starts[done] : ends[done]])) != stored[done]:
+                name = small.names[int(small.index[int(rows[done])])]
+                chunk = Chunk(run.shard, run.start + starts[done], ends[done] - starts[done], stored[done])
+                raise _checksum_error(url, key, name, chunk, actual, checksum)  # type: ignore[arg-type]
+            if place is not None:
+                place(done, starts[done], ends[done])
+            done += 1
 
 
 def _read_run_into(
@@ -710,34 +712,14 @@ def _read_run_into(
     """A run of small chunks through a scratch buffer, each chunk copied into its ``into`` array once
     it has landed and passed its check (so a corrupt chunk never reaches its destination)."""
     buf = scratch.acquire()
+    names = small.names
+    dests = [into[names[i]].reshape(-1).view(np.uint8) for i in small.index[run.rows].tolist()]
+
+    def place(k: int, start: int, end: int) -> None:
+        dests[k][:] = buf[start:end]  # numpy: the GIL is released while it copies
+
     try:
-        view = memoryview(buf)[: run.length]
-        rows = run.rows
-        names = small.names
-        dests = [into[names[i]].reshape(-1).view(np.uint8) for i in small.index[rows].tolist()]
-        starts = (small.offset[rows] - run.start).tolist()
-        ends = (small.offset[rows] + small.nbytes[rows] - run.start).tolist()
-        stored = small.checksum[rows].tolist()
-        key = f"{prefix}/{run.shard}"
-        hash_of = checksum_function(checksum) if checksum is not None else None
-        done = 0  # chunks of the run verified and placed so far
-        pieces = _pieces(storage, key, run.start, view, RUN_PIECE) if storage.read_piece_size else None
-        if pieces is None:
-            storage.read_into(key, run.start, view)
-            pieces = iter((view,))
-        landed = 0
-        for piece in pieces:
-            landed += len(piece)
-            while done < len(ends) and ends[done] <= landed:
-                data = view[starts[done] : ends[done]]
-                if hash_of is not None:
-                    actual = hash_of(data)
-                    if actual != stored[done]:
-                        name = names[int(small.index[int(rows[done])])]
-                        chunk = Chunk(run.shard, run.start + starts[done], ends[done] - starts[done], stored[done])
-                        raise _checksum_error(url, key, name, chunk, actual, checksum)  # type: ignore[arg-type]
-                dests[done][:] = buf[starts[done] : ends[done]]  # numpy: the GIL is released while it copies
-                done += 1
+        _read_run(storage, url, prefix, small, run, memoryview(buf)[: run.length], checksum, place)
     finally:
         scratch.release(buf)
 
