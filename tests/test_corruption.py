@@ -432,3 +432,56 @@ def test_an_unknown_checksum_algorithm_is_refused_up_front(tmp_path: Path) -> No
     with pytest.raises(ValueError, match=r"unknown checksum 'sha1' \(choose from crc32c, xxh3-64\)"):
         CheckpointStore(tmp_path / "m", checksum="sha1")
     assert CheckpointStore(tmp_path / "m").checksum == "xxh3-64"
+
+
+# ---------------------------------------------------------------------------------------------
+# Block checksums (format 3.1)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("blocking", [True, False])
+def test_block_checksums_still_name_the_damaged_tensor(tmp_path: Path, caplog: Any, blocking: bool) -> None:
+    """A full restore verifies neighbouring small tensors with one checksum per block. A damaged byte
+    of a tensor is still a ``ChecksumError`` naming that tensor (the block's tensors are then checked
+    one by one); a damaged padding byte inside a block changes no data, so the restore returns exactly
+    what was saved and says in a warning which bytes failed their block check."""
+    rng = np.random.default_rng(5)
+    state = {f"t{i:02d}": rng.standard_normal(int(n)).astype(np.float32) for i, n in enumerate(rng.integers(1, 3000, 40))}
+    state["big"] = rng.standard_normal(400_000)
+    store = CheckpointStore(tmp_path / "m", workers=2)
+    if blocking:
+        store.save(1, state)
+    else:
+        store.save(1, state, blocking=False)
+        store.wait()
+    manifest = store.manifest(1)
+    blocks = manifest.tensors.blocks
+    assert manifest.minor == 1 and len(blocks) >= 1
+    # The same blocks whichever way the bytes were written (streamed, or staged in the background).
+    other = CheckpointStore(tmp_path / "o", workers=2)
+    other.save(1, state, blocking=not blocking)
+    other.wait()
+    assert other.manifest(1).tensors.blocks.tolist() == blocks.tolist()
+    assert_exact(store.restore(1), state)
+
+    shard_names = list(manifest.shards)
+    block = blocks[0]
+    path = tmp_path / "m" / step_dir(1) / shard_names[int(block["shard"])]
+    inside = sorted(
+        (c.offset, name) for name, e in manifest.tensors.items() for c in e.chunks
+        if c.shard == shard_names[int(block["shard"])] and block["offset"] <= c.offset < block["offset"] + block["nbytes"]
+    )
+    assert len(inside) >= 2
+    offset, victim = inside[1]
+    original = path.read_bytes()
+    with damaged(path, flip(original, offset + 2, 0x10)):
+        with pytest.raises(ChecksumError, match=rf"tensor {victim}: bytes \[{offset}, .* fail their xxh3-64 check"):
+            store.restore(1)
+    pad = int(block["offset"]) + manifest.tensors[inside[0][1]].nbytes  # right after the block's first tensor
+    assert pad < offset and owner_of(Saved(tmp_path / "m", store, {}, {}), 1, path, pad) is None
+    with damaged(path, flip(original, pad, 0x01)), caplog.at_level(logging.WARNING, logger="ckptstore"):
+        assert_exact(store.restore(1), state)
+    end = int(block["offset"] + block["nbytes"])
+    assert f"bytes [{int(block['offset'])}, {end}) fail their block check, but every tensor restored" in caplog.text
+    store.close()
+    other.close()

@@ -53,7 +53,30 @@ def test_shard_bytes_match_golden():
 
 def test_manifest_bytes_match_golden():
     manifest, _ = build()
-    assert encode_manifest(manifest) == (GOLDEN / "manifest-v3.msgpack").read_bytes()
+    assert encode_manifest(manifest) == (GOLDEN / "manifest-v3.1.msgpack").read_bytes()
+
+
+def test_golden_v31_manifest_is_30_plus_block_checksums():
+    """3.1 adds one optional field, ``blocks``: 28-byte records (shard, offset, nbytes, checksum), each
+    the checksum of a byte range that holds several small chunks, the padding between them included."""
+    import xxhash
+
+    doc = msgpack.unpackb((GOLDEN / "manifest-v3.1.msgpack").read_bytes())
+    v30 = msgpack.unpackb((GOLDEN / "manifest-v3.msgpack").read_bytes())
+    assert list(doc) == [*list(v30)[:14], "blocks", *list(v30)[14:]]
+    assert doc["version"] == [3, 1] and v30["version"] == [3, 0]
+    for key in set(v30) - {"version", "crc32c"}:
+        assert doc[key] == v30[key], key
+    shard0, shard1 = ((GOLDEN / f"attempt-0000000000000000__shard-0000{i}.bin").read_bytes() for i in (0, 1))
+    # shard 0: kernel (48 bytes at 0) and bias (24 at 4096); shard 1: flag (1 at 0), big's first 4096 at
+    # 4096; shard 2 holds one chunk, so no block.
+    assert [struct.unpack_from("<IQQQ", doc["blocks"], 28 * i) for i in range(2)] == [
+        (0, 0, 4120, xxhash.xxh3_64_intdigest(shard0)), (1, 0, 8192, xxhash.xxh3_64_intdigest(shard1))]
+    assert len(doc["blocks"]) == 56
+    # A 3.0 reader ignores the field (unknown fields are ignored): without it, the same checkpoint.
+    v31 = decode_manifest((GOLDEN / "manifest-v3.1.msgpack").read_bytes(), "golden")
+    del doc["blocks"], doc["crc32c"]
+    assert _decode(doc) == v31 and len(_decode(doc).tensors.blocks) == 0
 
 
 def test_golden_v3_manifest_is_the_documented_structure():
@@ -137,16 +160,20 @@ def test_golden_shard_layout_is_aligned_little_endian_c_order():
 def test_golden_files_decode():
     m = decode_manifest((GOLDEN / "manifest-v1.msgpack").read_bytes(), "golden")
     assert m.step == 42 and m.tensors["big"].shape == (3000,) and m.tensors["flag"].dtype == "bool"
-    built_crc32c, _ = build("crc32c")
+    built_crc32c, _ = build("crc32c", blocks=False)
     v2 = decode_manifest((GOLDEN / "manifest-v2.msgpack").read_bytes(), "golden")
-    assert m == v2 == built_crc32c and (m.major, v2.major) == (1, 2)
+    assert m == v2 == replace(built_crc32c, minor=0) and (m.major, v2.major) == (1, 2)
     assert m.checksum == v2.checksum == "crc32c"
     assert list(m.tensors) == list(v2.tensors) and list(m.shards) == list(v2.shards)
     built, _ = build()
     v3 = decode_manifest((GOLDEN / "manifest-v3.msgpack").read_bytes(), "golden")
-    assert v3 == built and v3.major == 3 and v3.checksum == "xxh3-64"
+    assert v3 == replace(built, minor=0) and v3.major == 3 and v3.checksum == "xxh3-64"
+    v31 = decode_manifest((GOLDEN / "manifest-v3.1.msgpack").read_bytes(), "golden")
+    assert v31 == built and (v31.major, v31.minor) == (3, 1)
+    assert v31.tensors.blocks.tolist() == built.tensors.blocks.tolist() and len(v31.tensors.blocks) == 2
     assert v3 != v2 and replace(v3, tensors=v2.tensors, checksum="crc32c") == v2  # only the checksums differ
-    # 1.x and 2.x manifests re-encode as 3.0 naming crc32c, byte for byte what a crc32c writer writes.
+    # 1.x and 2.x manifests re-encode as 3.1 naming crc32c (no blocks: they have none), byte for byte
+    # what a crc32c writer writes for these entries.
     assert encode_manifest(m) == encode_manifest(v2) == encode_manifest(built_crc32c)
     assert decode_manifest(encode_manifest(m), "re-encoded") == m
     latest = decode_latest((GOLDEN / "LATEST-v1.msgpack").read_bytes(), "golden LATEST")
@@ -231,7 +258,7 @@ def _decode(doc: dict):
 
 
 @pytest.mark.parametrize("name", ["manifest-v1.msgpack", "manifest-v2.msgpack", "manifest-v3.msgpack",
-                                  "LATEST-v1.msgpack"])
+                                  "manifest-v3.1.msgpack", "LATEST-v1.msgpack"])
 def test_the_seal_is_the_crc32c_of_everything_before_it(name):
     import crc32c
 
@@ -242,7 +269,7 @@ def test_the_seal_is_the_crc32c_of_everything_before_it(name):
 
 
 @pytest.mark.parametrize("name", ["manifest-v1.msgpack", "manifest-v2.msgpack", "manifest-v3.msgpack",
-                                  "LATEST-v1.msgpack"])
+                                  "manifest-v3.1.msgpack", "LATEST-v1.msgpack"])
 def test_every_flipped_bit_of_a_sealed_file_is_detected(name):
     data = (GOLDEN / name).read_bytes()
     decode = decode_manifest if name.startswith("manifest") else decode_latest
@@ -381,7 +408,7 @@ MIXED = {
 def test_v2_round_trip(plan):
     m = _laid_out(MIXED, **plan)
     data = encode_manifest(m)
-    assert msgpack.unpackb(data)["version"] == [3, 0] and msgpack.unpackb(data)["checksum"] == "crc32c"
+    assert msgpack.unpackb(data)["version"] == [3, 1] and msgpack.unpackb(data)["checksum"] == "crc32c"
     back = decode_manifest(data, "m")
     assert isinstance(back.tensors, TensorTable) and back == m
     assert list(back.tensors) == list(m.tensors) and list(back.shards) == list(m.shards)

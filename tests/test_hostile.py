@@ -131,7 +131,41 @@ def test_the_bases_are_one_checkpoint_and_v3_is_what_the_writer_writes() -> None
     assert encode_manifest(v3) == (HOSTILE / "base-manifest-v3.msgpack").read_bytes()
 
 
-@pytest.mark.parametrize("base", ["base-manifest.msgpack", "base-manifest-v2.msgpack", "base-manifest-v3.msgpack"])
+def test_the_31_base_is_30_plus_what_the_writer_adds() -> None:
+    """3.1 adds one block checksum over the base shard's two tensors; re-encoded, it is the same bytes."""
+    v3, v31 = (decode_manifest((HOSTILE / f"base-manifest{v}.msgpack").read_bytes(), "base") for v in ("-v3", "-v31"))
+    assert v31 == v3 and (v3.minor, v31.minor) == (0, 1)
+    data = (HOSTILE / "base-shard.bin").read_bytes()
+    assert v31.tensors.blocks.tolist() == [(0, 0, len(data), xxhash.xxh3_64_intdigest(data))]
+    assert encode_manifest(v31) == (HOSTILE / "base-manifest-v31.msgpack").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("blocks", "warned"),
+    [
+        (make_corpus.record_v3(0, 0, 8192, 12345), True),  # a block checksum that no longer matches
+        (make_corpus.record_v3(0, 0, 6000, 12345), True),  # and ends inside b: a is checked by the block only
+        (make_corpus.record_v3(0, 4096, 100, 12345), False),  # inside b, which fills less than half of it: unused
+    ],
+    ids=["lying", "lying-and-straddling", "unused"],
+)
+def test_a_crafted_block_never_changes_what_a_restore_returns(tmp_path: Path, caplog: Any, blocks: bytes, warned: bool) -> None:
+    """A block is only a faster way to verify the chunks inside it: whatever the (well-formed) blocks
+    say, the tensors come back exactly as stored, each checked by its own checksum when a block
+    disagrees."""
+    doc = make_corpus.base_manifest_v31()
+    doc["blocks"] = blocks
+    _build(tmp_path, manifest=make_corpus.sealed(make_corpus.pack(doc)))
+    with caplog.at_level(logging.WARNING, logger="ckptstore"):
+        restored = Recorded(tmp_path).store.restore(step=STEP)
+    for name, want in _expected_state().items():
+        got = restored[name]
+        assert (got.tobytes() == want.tobytes()) if isinstance(want, np.ndarray) else got == want, name
+    assert ("fail their block check, but every tensor restored from them passes its own" in caplog.text) == warned
+
+
+@pytest.mark.parametrize("base", ["base-manifest.msgpack", "base-manifest-v2.msgpack", "base-manifest-v3.msgpack",
+                                  "base-manifest-v31.msgpack"])
 def test_base_checkpoint_restores(tmp_path: Path, base: str) -> None:
     """The control: without the hostile edit the same harness restores the checkpoint exactly."""
     _build(tmp_path, manifest=(HOSTILE / base).read_bytes())

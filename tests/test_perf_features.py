@@ -444,12 +444,42 @@ def test_many_small_tensors_are_written_in_few_pieces() -> None:
     arrays = {f"t{i}": rng.integers(0, 255, int(n), dtype=np.uint8) for i, n in enumerate(rng.integers(1, 20_000, 2000))}
     plan = plan_layout([(n, a.nbytes) for n, a in arrays.items()], target_shard_size=1 << 40)
     views = {n: transfer.byte_view(a) for n, a in arrays.items()}
+    blocks = plan.blocks[0]
+    assert blocks and blocks[0][0] == 0 and blocks[-1][1] == len(plan.shards[0])  # all of them small
     for algorithm in checksum.ALGORITHMS:
         sums: dict[str, int] = {}
-        pieces = list(transfer._stream_pieces(plan.shards[0], views, lambda pc, c, s=sums: s.__setitem__(pc.name, c), algorithm))
-        assert len(pieces) <= plan.shard_sizes[0] // transfer.PIECE + 2
-        assert sum(len(p) for p in pieces) == plan.shard_sizes[0]
+        found: list[tuple[int, int, int]] = []
+        pieces = list(transfer._stream_pieces(plan.shards[0], views, lambda pc, c, s=sums: s.__setitem__(pc.name, c),
+                                              algorithm, blocks, lambda *b, f=found: f.append(b)))
+        # A glued write per block (at most BLOCK_SPAN bytes) or per PIECE bytes, and the padding before each block.
+        assert len(blocks) <= plan.shard_sizes[0] // (format.BLOCK_SPAN // 2) + 1
+        assert len(pieces) <= 2 * len(blocks) + plan.shard_sizes[0] // transfer.PIECE
+        shard = b"".join(bytes(p) for p in pieces)
+        assert len(shard) == plan.shard_sizes[0]
         assert sums == {n: checksum.checksum(algorithm, v) for n, v in views.items()}
+        chunks = plan.shards[0]
+        assert found == [
+            (chunks[a].offset, chunks[b - 1].offset + chunks[b - 1].nbytes - chunks[a].offset,
+             checksum.checksum(algorithm, shard[chunks[a].offset : chunks[b - 1].offset + chunks[b - 1].nbytes]))
+            for a, b in blocks
+        ]
+
+
+def test_blocks_group_neighbouring_small_chunks_only() -> None:
+    """A block: two or more neighbouring chunks of 1 to BLOCK_MEMBER - 1 bytes, spanning at most
+    BLOCK_SPAN bytes; a chunk that is too big (or empty) ends it."""
+    member, span = format.BLOCK_MEMBER, format.BLOCK_SPAN
+    sizes = [10, 20, member, 30, 40, 50, 0, 60, member - 1, 70, member, 5 * member, *[member - 1] * 40]
+    plan = plan_layout([(f"t{i}", n) for i, n in enumerate(sizes)], target_shard_size=1 << 40)
+    chunks = plan.shards[0]
+    blocks = plan.blocks[0]
+    assert blocks[:3] == ((0, 2), (3, 6), (7, 10))  # t2, t10 and t11 (too big) and t6 (empty) end blocks
+    for a, b in blocks:
+        assert b - a >= 2 and all(0 < c.nbytes < member for c in chunks[a:b])
+        assert chunks[b - 1].offset + chunks[b - 1].nbytes - chunks[a].offset <= span
+    tail = [blk for blk in blocks if blk[0] >= 12]
+    assert [b - a for a, b in tail] == [8] * 5  # 8 chunks of 1 MiB (padded) fill 8 MiB
+    assert plan_layout([("x", 10)], target_shard_size=1 << 40).blocks == ((),)
 
 
 def test_staging_pool_reuses_buffers_whatever_the_shard_order() -> None:
@@ -571,6 +601,65 @@ def test_small_chunk_runs_follow_the_batching_rules(seed: int) -> None:
             first = nxt.rows[0]
             gap = offsets[first] - (r.start + r.length)
             assert gap > transfer.BATCH_GAP or offsets[first] + sizes[first] - r.start > transfer.BATCH_SPAN
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_runs_keep_each_block_whole_and_check_every_byte_once(seed: int) -> None:
+    """With block checksums, a run's units are whole blocks (those at least half filled by the chunks
+    read) and the chunks outside them: every chunk is read once, every block lies inside one run, and
+    a chunk inside a used block is checked by the block only."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 300))
+    shard = np.sort(rng.integers(0, 2, n))
+    sizes = rng.integers(1, 300_000, n)
+    offsets = np.zeros(n, np.int64)
+    for s in range(2):
+        rows = np.flatnonzero(shard == s)
+        holes = rng.choice([0, 100, 5000, transfer.BATCH_GAP + 1], len(rows))
+        ends = np.cumsum(-(-(sizes[rows] + holes) // 4096) * 4096)
+        offsets[rows] = ends - -(-(sizes[rows] + holes) // 4096) * 4096
+    # Blocks over random groups of neighbours (a group may include chunks the restore does not read).
+    blocks = []
+    i = 0
+    while i < n:
+        j = min(n, i + int(rng.integers(1, 6)))
+        if shard[i] == shard[j - 1] and rng.random() < 0.7:
+            blocks.append((shard[i], offsets[i], offsets[j - 1] + sizes[j - 1] - offsets[i]))
+        i = j
+    records = np.array([(s, o, b, 1000 + k) for k, (s, o, b) in enumerate(blocks)], format.BLOCK_RECORD)
+    read = rng.random(n) < 0.8  # the chunks this restore reads
+    small = format.SmallChunks(
+        names=[f"t{i}" for i in range(n)], index=np.arange(n), shard_names=["a", "b"], shard=shard,
+        offset=offsets, nbytes=sizes, checksum=np.arange(n, dtype=np.uint64), dtypes=["uint8"],
+        dtype=np.zeros(n, np.uint8), dims=sizes.astype("<u8"), dim_start=np.arange(n), dim_stop=np.arange(n) + 1,
+    ).take(read)
+    runs = transfer._plan_runs(small, blocks=records)
+    rows = np.concatenate([r.rows for r in runs])
+    assert sorted(rows.tolist()) == list(range(len(small)))
+    checked_alone: set[int] = set()
+    used: list[int] = []
+    for r in runs:
+        assert (r.unit_start >= 0).all() and (r.unit_end <= r.length).all() and (np.diff(r.unit_start) > 0).all()
+        for start, end, total, row in zip(r.unit_start.tolist(), r.unit_end.tolist(), r.unit_sum.tolist(),
+                                          r.unit_row.tolist(), strict=True):
+            if row >= 0:
+                assert (start, end, total) == (small.offset[row] - r.start, small.offset[row] + small.nbytes[row] - r.start,
+                                               small.checksum[row])
+                checked_alone.add(row)
+            else:
+                k = total - 1000
+                used.append(k)
+                assert (start + r.start, end - start) == (blocks[k][1], blocks[k][2])
+                members = [x for x in r.rows.tolist() if start <= small.offset[x] - r.start < end]
+                assert 2 * small.nbytes[members].sum() >= blocks[k][2]  # at least half of it is read
+        starts = small.offset[r.rows] - r.start
+        assert (starts >= 0).all() and (starts + small.nbytes[r.rows] <= r.length).all()
+    # Each chunk is checked by exactly one unit: alone, or by the one used block it lies in.
+    for row in range(len(small)):
+        holders = [k for k in used if blocks[k][0] == small.shard[row]
+                   and blocks[k][1] <= small.offset[row] < blocks[k][1] + blocks[k][2]]
+        assert (row in checked_alone) != bool(holders), row
+    assert len(used) == len(set(used))
 
 
 class ConcurrencyProbe(FaultInjectingStorage):

@@ -6,8 +6,8 @@ tests read the exact bytes a stranger could hand us. Output is deterministic.
 
 Every case is the valid base checkpoint (step 7: one 8192-byte shard holding a float32[1024] "a" and
 an int64[512] "b"), written as format 1.0 (cases without a prefix: 1.x manifests are still read), as
-format 2.0 (cases named ``v2-...``) or as format 3.0 (``v3-...``: XXH3-64 checksums), with one thing
-made hostile. ``cases.json`` maps each file to the specific error a
+format 2.0 (cases named ``v2-...``), as format 3.0 (``v3-...``: XXH3-64 checksums) or as format 3.1
+(``v31-...``: 3.0 plus block checksums), with one thing made hostile. ``cases.json`` maps each file to the specific error a
 reader must raise (a regular expression matched against the ``FormatError`` message) and says why the
 case matters. The bytes are written by hand where msgpack would refuse to produce them (headers that
 claim billions of elements, ext types, nesting deeper than any packer allows).
@@ -113,6 +113,18 @@ def base_manifest_v3() -> dict[str, Any]:
     v3["chunks"] = (record_v3(0, 0, 4096, xxhash.xxh3_64_intdigest(data[:4096]))
                     + record_v3(0, 4096, 4096, xxhash.xxh3_64_intdigest(data[4096:])))
     return v3
+
+
+def base_manifest_v31() -> dict[str, Any]:
+    """The same checkpoint as format 3.1 writes it: 3.0 plus one block checksum over both tensors."""
+    doc = base_manifest_v3()
+    doc["version"] = [3, 1]
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        out[key] = value
+        if key == "chunks":
+            out["blocks"] = record_v3(0, 0, SHARD_SIZE, xxhash.xxh3_64_intdigest(base_shard()))
+    return out
 
 
 def base_latest() -> dict[str, Any]:
@@ -905,10 +917,55 @@ def build_v3() -> None:
     )
 
 
+def v31(fn: Callable[[dict[str, Any]], Any]) -> bytes:
+    return edit(fn, base_manifest_v31)
+
+
+def build_v31() -> None:
+    """Format 3.1: its one new field, ``blocks`` (block checksums), with each of its bounds broken."""
+    data = base_shard()
+    whole = xxhash.xxh3_64_intdigest(data)
+    for name, blocks, error, why in [
+        ("v31-blocks-not-a-binary", [[0, 0, 8192, whole]], rf"{M}: field 'blocks' has type list",
+         "block records as a list of lists instead of packed records"),
+        ("v31-blocks-ragged", record_v3(0, 0, 8192, whole)[:27],
+         rf"{M}: field 'blocks' holds 27 bytes, not a multiple of 28 \(one record per block\)",
+         "a truncated record: the next field would be read from the wrong bytes"),
+        ("v31-block-unlisted-shard", record_v3(5, 0, 8192, whole),
+         rf"{M}: block #0 names shard #5, but the manifest lists 1 shard\(s\)", "a block in a shard that does not exist"),
+        ("v31-block-offset-misaligned", record_v3(0, 100, 4096, whole),
+         rf"{M}: block #0: offset 100 is not 4096-byte aligned", "blocks start where chunks start: on a page"),
+        ("v31-block-offset-huge", record_v3(0, 2**60, 4096, whole),
+         rf"{M}: block #0: offset {2**60} is not an integer in \[0, {2**48}\]", "an offset whose end would overflow"),
+        ("v31-block-empty", record_v3(0, 0, 0, whole),
+         rf"{M}: block #0: size 0 is not in \[1, {64 << 20}\]", "a block of no bytes"),
+        ("v31-block-of-a-terabyte", record_v3(0, 0, 2**40, whole),
+         rf"{M}: block #0: size {2**40} is not in \[1, {64 << 20}\]",
+         "a restore reads a block whole: its size is bounded before anything is allocated"),
+        ("v31-block-outside-shard", record_v3(0, 4096, 8192, whole),
+         rf"{M}: block #0: \[4096, 12288\) lies outside shard {SHARD} \(8192 bytes\)", "a block past the shard's end"),
+        ("v31-blocks-overlap", record_v3(0, 0, 8192, whole) + record_v3(0, 4096, 4096, whole),
+         rf"{M}: blocks #0 and #1 overlap or are not in \(shard, offset\) order", "two blocks claiming the same bytes"),
+        ("v31-blocks-out-of-order", record_v3(0, 4096, 4096, whole) + record_v3(0, 0, 4096, whole),
+         rf"{M}: blocks #0 and #1 overlap or are not in \(shard, offset\) order", "blocks listed backwards"),
+    ]:
+        manifest_case(name, v31(_set(["blocks"], blocks)), error, why)
+    manifest_case(
+        "v31-block-crc32c-wider-than-32-bits",
+        v31(lambda d: (d.__setitem__("checksum", "crc32c"),
+                       d.__setitem__("chunks", record_v3(0, 0, 4096, crc32c.crc32c(data[:4096]))
+                                     + record_v3(0, 4096, 4096, crc32c.crc32c(data[4096:]))),
+                       d.__setitem__("blocks", record_v3(0, 0, 8192, 2**32 + crc32c.crc32c(data))))),
+        rf"{M}: block #0: checksum {2**32 + crc32c.crc32c(data)} is not a crc32c value \(at most 4294967295\)",
+        "a block crc32c that no data can have",
+    )
+
+
 def build() -> None:
     """Every case, into MANIFEST_CASES and LATEST_CASES."""
     build_v1_v2()
     build_v3()
+    build_v31()
 
 
 def main() -> None:
@@ -926,6 +983,7 @@ def main() -> None:
     (HERE / "base-manifest.msgpack").write_bytes(sealed(pack(base_manifest())))
     (HERE / "base-manifest-v2.msgpack").write_bytes(sealed(pack(base_manifest_v2())))
     (HERE / "base-manifest-v3.msgpack").write_bytes(sealed(pack(base_manifest_v3())))
+    (HERE / "base-manifest-v31.msgpack").write_bytes(sealed(pack(base_manifest_v31())))
     (HERE / "base-latest.msgpack").write_bytes(sealed(pack(base_latest())))
     (HERE / "base-shard.bin").write_bytes(base_shard())
     (HERE / "cases.json").write_text(json.dumps(cases, indent=1, sort_keys=True) + "\n")
