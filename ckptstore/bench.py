@@ -207,20 +207,30 @@ def current_rss() -> int:
 
 
 class RssSampler:
-    """Samples RSS in a background thread; ``peak_extra`` is the peak above the level at start."""
+    """The peak resident set size during a ``with`` block; ``peak_extra`` is the peak above the level
+    at its start.
+
+    Exact where Linux allows it: the kernel's high-water mark (``VmHWM``), reset on entry through
+    ``/proc/self/clear_refs``. Otherwise sampled every ``interval`` seconds by a background thread —
+    which takes the GIL each time it wakes, and so slows what it measures when that holds the GIL
+    often: sampling every 2 ms slowed a warm restore of 10k small tensors from 0.229 to 0.277 s per
+    GiB here, and left the large-tensor restore as it was (0.190 / 0.192 s; 9 interleaved repetitions)."""
 
     def __init__(self, interval: float = 0.005):
         self.interval = interval
         self.start_rss = 0
         self.peak = 0
+        self.exact = False  # whether the peak is the kernel's high-water mark (else sampled)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> RssSampler:
         self.start_rss = self.peak = current_rss()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="ckptstore-rss", daemon=True)
-        self._thread.start()
+        self.exact = _reset_peak_rss()
+        if not self.exact:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="ckptstore-rss", daemon=True)
+            self._thread.start()
         return self
 
     def _run(self) -> None:
@@ -228,14 +238,39 @@ class RssSampler:
             self.peak = max(self.peak, current_rss())
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
         if self._thread is not None:
+            self._stop.set()
             self._thread.join()
+            self._thread = None
+        if self.exact:
+            self.peak = max(self.peak, _peak_rss())
         self.peak = max(self.peak, current_rss())
 
     @property
     def peak_extra(self) -> int:
         return max(0, self.peak - self.start_rss)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's RSS high-water mark to its current RSS (Linux >= 4.0); whether it could."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _peak_rss() > 0
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    """This process's RSS high-water mark (``VmHWM``) in bytes; 0 where there is none."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def cold_cache_method(url: str, requested: str = "auto") -> tuple[str | None, str]:

@@ -924,3 +924,24 @@ def test_restore_into_reads_aligned_arrays_directly_and_misaligned_ones_through_
     for dest in (numpy_own, aligned, shifted, off_by_4):
         store.restore(1, into={"w": dest})
         np.testing.assert_array_equal(dest, state["w"])
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_rss_sampler_sees_a_peak_that_is_gone_by_the_end(monkeypatch: pytest.MonkeyPatch, exact: bool) -> None:
+    """The memory figures of the benchmarks: the kernel's high-water mark where it can be reset (no
+    sampling thread taking the GIL), else a sampling thread; both see memory freed before the end."""
+    from ckptstore import bench
+
+    if not exact:
+        monkeypatch.setattr(bench, "_reset_peak_rss", lambda: False)
+    elif not bench._reset_peak_rss():
+        pytest.skip("no resettable RSS high-water mark here")
+    with bench.RssSampler(0.002) as rss:
+        block = np.ones(200 << 20, np.uint8)
+        time.sleep(0.05)  # the sampling thread's chance
+        del block
+    assert rss.exact is exact and rss._thread is None
+    assert 190 << 20 <= rss.peak_extra < 400 << 20  # give or take what RSS and the mark count apart
+    with bench.RssSampler(0.002) as rss:  # the mark was reset: the earlier peak does not count
+        time.sleep(0.01)
+    assert rss.peak_extra < 50 << 20
