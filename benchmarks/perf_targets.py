@@ -641,20 +641,23 @@ def report(r: dict[str, Any], command: str, env: dict[str, Any]) -> str:
 ANALYSIS = """
 ## How ckptstore gets there
 
-(Written for the six 1 GiB runs of 2026-11-27 23:43 – 2026-11-28 00:13 UTC (6 × 7 repetitions, load
-0.1–2.0) pooled in `results/perf_targets.md`, on the final code: manifest format 3.0 with XXH3-64 chunk
-checksums, 4 reader threads, 2 MiB read pieces, destinations starting on huge-page boundaries, tensors
-under 4 MiB restored into one huge-page arena, in-place restores (`into=`). The background save is
-measured right after a simulated training step (below). "The 22:00 runs" are the six pooled runs of
-21:45–22:11 UTC on the same restore and save paths, with the background save measured on a model
-idle for a minute. Numbers come from these runs and from the separate interleaved measurements named.)
+(Written for the eight 1 GiB runs of 2026-11-28 02:11 – 03:04 UTC (8 × 7 repetitions, load 1.1–1.8)
+pooled in `results/perf_targets.md`, on the final code: manifest format 3.1 with XXH3-64 chunk and
+block checksums, 4 reader threads, 2 MiB read pieces, destinations starting on huge-page boundaries,
+tensors under 4 MiB restored into one huge-page arena, in-place restores (`into=`), and memory peaks
+read from the kernel's high-water mark (below). The background save is measured right after a
+simulated training step (below). "The 23:43 runs" are the six pooled runs of 2026-11-27 23:43 –
+11-28 00:13 UTC: format 3.0 (no block checksums), memory sampled by a thread every 2 ms. Numbers come
+from these runs and from the separate interleaved measurements named.)
 
 - **Save**: one shard per worker thread (2 here), sized by the smallest target that yields no more shards
   than workers. Each thread streams its shard from the arrays' own memory in 8 MiB pieces, hashing each
   piece (XXH3-64, which releases the GIL for pieces this large) right before writing it, then fsyncs;
   small tensors are glued with their padding into 8 MiB writes (10k tensors: ~130 writes, not 20k).
-  Then the manifest (create-only) and LATEST (compare-and-swap).
-- **Manifest (format 3.0)**: tensors stored as columns (names, dtype indices, shapes and 28-byte chunk
+  Each run of neighbouring tensors under 1 MiB (at most 8 MiB) is also hashed as one block, fed the
+  glued buffers and pieces being written anyway (format 3.1, below). Then the manifest (create-only)
+  and LATEST (compare-and-swap).
+- **Manifest (format 3.x)**: tensors stored as columns (names, dtype indices, shapes and 28-byte chunk
   records in binaries), validated with a few numpy operations, entries built only when asked for; the
   save builds the columns straight from its layout plan and checksums. 10k tensors: encode + decode
   5-7 ms CPU (format 1.x, a map per tensor: 89-147 ms).
@@ -681,28 +684,44 @@ idle for a minute. Numbers come from these runs and from the separate interleave
 - **Many small tensors, restore**: the manifest's columns give the small single-chunk tensors as numpy
   arrays; runs (neighbours in a shard, <= 16 MiB, no hole over 64 KiB) are found with `lexsort` and
   `searchsorted`, one Python step per run, so no per-tensor work happens before the first read. Each
-  run is read in 1 MiB pieces into the arena, each tensor checked (one direct XXH3 call) once its last
-  byte has landed; 4 runs at a time. Names, shapes and the returned views — one `ndarray` constructor
-  each — are made in the calling thread while the reads run.
+  run is read in 1 MiB pieces into the arena; 4 runs at a time. Names, shapes and the returned views —
+  one `ndarray` constructor each — are made in the calling thread while the reads run.
+- **Block checksums (format 3.1)**: until 3.0 each small tensor was checked with its own XXH3 call once
+  its last byte had landed: 10k calls, each holding the GIL (python-xxhash releases it only for inputs
+  over 128-256 KiB), on 4 reader threads and the thread making views. A 3.1 manifest also lists one
+  checksum per block (a run of neighbouring chunks under 1 MiB, at most 8 MiB, padding included); the
+  restore reads each block whole and hashes it piece by piece as it lands, without the GIL: the 10k
+  tensors of the benchmark are checked with 135 block hashes. Every chunk keeps its own checksum, so a
+  3.0 reader ignores the blocks, a restore of a few tensors is unchanged, and a block that fails is
+  checked chunk by chunk to name the damaged tensor. In interleaved probes (9 repetitions each, fresh
+  process) the warm 10k-tensor restore went from 0.235-0.265 s to 0.201-0.229 s per GiB (unverified:
+  0.16-0.19 s); the same save code without blocks used the same CPU (0.92-1.02 against 0.96-1.01 s,
+  3 x 4 alternating repetitions).
+- **Memory peaks** (every "extra memory" figure, every `rss` in the JSON) now come from the kernel's RSS
+  high-water mark, reset before each measured call through `/proc/self/clear_refs`, instead of a
+  thread sampling RSS every 2 ms. That thread took the GIL each time it woke, which slowed what it
+  measured when that held the GIL often: the warm 10k-tensor restore took 0.277 s with it and 0.229 s
+  without, the large-tensor restore 0.192 and 0.190 s (9 interleaved repetitions). The peaks are now
+  exact rather than sampled; every side is measured the same way.
 - **Background save**: the state is copied by 2 threads into staging buffers laid out exactly like the
   shard files (page-aligned, reused by every later background save); a background thread writes them as
   a few large sequential writes per shard. The benchmark now runs a training step's worth of writes
   over the model (`x *= 1`, values unchanged) just before each background save and before its memcpy
   floor alike: a job saves a model it touched an instant ago, while here it had sat idle for a minute,
   and on this VM memory idle for seconds is 2-5x slower on its first pass (below). Measured that way
-  the caller is blocked 0.118 s/GB pooled (0.74x the time of a one-thread memcpy in the same runs);
-  the same code measured on the idle model blocked 0.238 and 0.160 s/GB in two runs just before
+  the caller is blocked 0.133 s/GB pooled (0.79x the time of a one-thread memcpy in the same runs);
+  the same code measured on the idle model blocked 0.238 and 0.160 s/GB in two runs of 2026-11-27
   (memcpy 0.307 and 0.205). The first background save of a store also faults its fresh staging memory
-  in (1.375 s/GB here, see the VM's memory below); `reserve_staging(state)` at start-up does that
-  ahead of time, and the first save 3 s later blocked 0.076 s/GB (7 repetitions of the last run).
+  in (1.29 s/GB here, see the VM's memory below); `reserve_staging(state)` at start-up does that
+  ahead of time, and the first save 3 s later blocked 0.099 s/GB.
 - **latest()**: one `get` of LATEST after a once-per-store roll-forward check (one listing).
 - **The cold baseline** reads ckptstore's own shard files (files written at different times read back
   cold up to 1.4x apart on this virtual disk) with 2 and with 4 threads; the baseline is the one with
-  the lower median over the pooled runs (4 threads: 0.74 s against 1.12 s). Before
+  the lower median over the pooled runs (4 threads: 0.88 s against 1.01 s). Before
   these runs it was the faster of the two *in each repetition*: on this disk cold reads of the same
   files move 0.5-3.5 s per GiB between repetitions, and the minimum of two such draws beats the typical
   run of either reader (the runs of 19:53-20:05: 0.73 s for the minimum against 0.81 s and 1.22 s medians),
-  while ckptstore had one draw. That comparison is still printed in the table (0.77x here).
+  while ckptstore had one draw. That comparison is still printed in the table (0.84x here).
 - **This VM's memory**, which decides more than any code here. (1) The balloon driver reports free
   2 MiB blocks to the host (`/sys/module/page_reporting`, order 9, about 2 s after they are freed),
   which drops them; the next first touch waits for the host to fault them in again. Touching 1 GiB of
@@ -714,7 +733,7 @@ idle for a minute. Numbers come from these runs and from the separate interleave
   warm restore here is the faster of two back-to-back runs, on every side (single runs spread
   0.17-1.57 s for ckptstore and 0.13-0.82 s for the raw reader per GiB: the second run reuses the
   memory the first freed); the `idle/` row measures restores after 3 s without allocating — what a
-  job's first restore meets: 1.28 s per GiB into fresh arrays for ckptstore, 1.58 s for the raw
+  job's first restore meets: 1.15 s per GiB into fresh arrays for ckptstore, 1.52 s for the raw
   reader, 0.19 s into the model's own arrays.
 - **Restoring into existing arrays** (`restore(into=state)`, what `restore_or_initialize` does with the
   state `initialize()` built): the names, shapes and dtypes are compared and every destination checked
@@ -726,53 +745,57 @@ idle for a minute. Numbers come from these runs and from the separate interleave
   there and copied into place (1 GiB: 0.18 s, straight into them 0.36 s); aligned ones (torch's,
   ckptstore's own) are read straight into place. Small tensors go through a scratch buffer per reader
   and are copied into place once verified. Warm, into the model's numpy arrays: 0.18 s per GiB
-  against 0.09 s for the raw reader into its own page-aligned buffers (0.50x; the same 0.18 s as a
+  against 0.09 s for the raw reader into its own page-aligned buffers (0.53x; the same 0.18 s as a
   restore into fresh arrays, since the scratch copy costs what page zeroing saved), extra memory
-  0.015x. After an idle pause: 0.19 s against 1.28 s into fresh arrays (7.9x the raw reader's fresh
+  0.015x. After an idle pause: 0.19 s against 1.15 s into fresh arrays (6.8x the raw reader's fresh
   buffers).
 
 ## Targets not met, by how much and why
 
-- **Warm restore** 0.78x pooled (runs 0.77x / 0.74x / 0.79x / 0.68x / 0.78x / 0.80x; target 0.8x;
-  the 22:00 runs: 0.76x): ckptstore 0.18 s per GiB against the raw reader's 0.13 s. What is left is
-  checking the bytes. Unverified restores ran 0.80-0.94x of the raw reader in interleaved probes; a
-  verified one typically uses 50-80 ms more CPU per GiB. XXH3 itself is 30-45 ms of that: hashing
-  pieces right after `preadv` filled them costs, on one thread, 29-31 ms per GiB with 1 MiB pieces (as
-  fast as from cache), 36-44 with 2 MiB, 53-62 with 8 MiB. The rest, per perf, is the other core's
-  kernel zeroing and copying running slower while one core hashes (they share memory bandwidth), and
-  thread switches. On 2 cores that is 30-40 ms of wall time per GiB; the target leaves 35 ms for all of
-  ckptstore's work. Measured and no better within noise: read pieces of 512 KiB, 1 MiB and 2 MiB; 2, 3, 4 or 6 readers; the
+- **Warm restore** 0.74x pooled (runs 0.67x / 0.74x / 0.74x / 0.79x / 0.68x / 0.67x / 0.75x / 0.77x;
+  target 0.8x; ratio of the medians 0.72x, of the best runs 0.79x; the 23:43 runs: 0.78x): ckptstore
+  0.18 s per GiB against the raw reader's 0.13 s. What is left is checking the bytes. Unverified
+  restores ran 0.80-0.94x of the raw reader in interleaved probes; a verified one typically uses
+  50-80 ms more CPU per GiB. XXH3 itself is 30-45 ms of that: hashing pieces right after `preadv`
+  filled them costs, on one thread, 29-31 ms per GiB with 1 MiB pieces (as fast as from cache), 36-44
+  with 2 MiB, 53-62 with 8 MiB. The rest, per perf, is the other core's kernel zeroing and copying
+  running slower while one core hashes (they share memory bandwidth), and thread switches. On 2 cores
+  that is 30-40 ms of wall time per GiB; the target leaves 35 ms for all of ckptstore's work. Measured
+  and no better within noise: read pieces of 512 KiB, 1 MiB and 2 MiB; 2, 3, 4 or 6 readers; the
   small-tensor checks through ctypes (with or without the GIL); runs of small tensors first; reading
   into a memfd with `sendfile` (no zeroing of fresh pages, but 2.5x slower).
-- **Cold restore** 0.87x pooled (runs 1.06x / 0.81x / 0.92x / 0.87x / 0.87x / 0.78x; target 0.9x;
-  ratio of the medians 0.80x; the 22:00 runs: 0.89x, ratio of medians 1.10x). Both sides wait for the
-  same shared virtual disk, whose cold throughput moved 0.5-3.5 s per GiB between repetitions; ckptstore has what the fastest raw reader has (4
-  requests in flight, the same files), and was the steadier of the two (0.65-1.99 s against 0.53-2.67 s
-  per GiB in the runs of 19:53-20:05). Read-ahead hints (`POSIX_FADV_WILLNEED` on each chunk, or 16 MiB
-  ahead of each piece) made ckptstore's cold reads slower (7 interleaved repetitions).
-- **Many small tensors, warm restore** 0.67x pooled of the large-tensor warm restore (runs 0.63x-0.75x;
-  target 0.8x; the 22:00 runs: 0.69x). The 10k-tensor restore takes 0.26 s per GiB here (0.22-0.27 s
-  in a fresh process) against the large-tensor restore's 0.18 s: unverified it runs 0.72-0.78x of the raw reader, so 60 ms of the gap is the 10k checksums, whose
-  cost in parallel is 2-3x their cost on one thread (perf: XXH3 itself ~7% of the CPU, the kernel's
-  zeroing and copying slower by more than that while it runs, and thread switches); the rest is the
-  per-tensor view and dict entry (7-15 ms, in the calling thread, overlapped with the reads) and the
-  manifest's 10k-name validation (~5 ms). What would close it: one checksum per run of small tensors
-  instead of one per tensor (a format change), or the per-tensor loop out of Python.
-- **Durable save, ahead of every peer on the naive yardstick**: 1.57x naive pooled, level with the
-  notes' DCP 1.57x rather than ahead (runs 1.48x-2.07x; the 22:00 runs 1.63x). The direct comparison
-  is met: in the peer benchmark's own run (`results/peers-local-1024MiB.md`, 17:44 UTC) ckptstore
-  saved at 1229 MB/s against torch DCP 1128 and safetensors 943. The save path did not change since;
-  the naive writer (one file per tensor) moved 1.0-5.5 s per GiB across these repetitions.
+- **Many small tensors, warm restore** 0.72x pooled of the large-tensor warm restore (runs 0.65x-0.99x;
+  ratio of the medians 0.76x; target 0.8x; the 23:43 runs, format 3.0: 0.67x, ratio of medians 0.71x).
+  Block checksums (above) took the 10k-tensor restore from 0.26 to 0.23 s per GiB; the large-tensor
+  restore takes 0.18 s. Unverified, the 10k-tensor restore takes 0.16-0.19 s, so checking the blocks
+  still costs 40-55 ms against the large tensors' ~30 ms for the same bytes: the runs are read in
+  1 MiB pieces (twice as many reads and Python steps as the large tensors' 2 MiB), and each piece's
+  reader waits for the GIL while the calling thread builds the 10k views (7-15 ms of Python). Reading
+  runs in 4 MiB or 16 MiB pieces was no better within noise (9 interleaved repetitions).
+- **Many small tensors, save** 0.77x pooled of the large-tensor save (runs 0.55x / 0.71x / 0.84x /
+  1.04x / 0.90x / 0.86x / 0.76x / 0.74x; ratio of the medians 0.76x; the 23:43 runs: 0.85x, runs
+  0.73x-1.07x). Both saves are fsync'd writes to the shared virtual disk, whose per-run ratios here
+  moved by 2x. The block hashing added in 3.1 did not measurably cost the save: the 10k-tensor save with
+  and without it, in alternating fresh processes, took 1.23 / 1.11 / 1.27 s against 1.31 / 1.05 / 1.44 /
+  1.29 s (CPU 0.85-0.97 against 0.76-0.96 s).
 
 ## Met, with the margin
 
-- **Durable save** 1.01x pooled of the best raw writer (runs 0.78x-1.28x).
-- **Background save** blocks the caller 0.118 s/GB pooled (runs 0.116 / 0.251 / 0.120 / 0.122 / 0.120
-  / 0.089; target <= 0.15), measured after a training step as described above; 0.74x the time of a
-  one-thread memcpy. The first save of a store: 1.375 s/GB with fresh staging memory, 0.076 s/GB after
-  `reserve_staging`.
-- **Many small tensors, save and cold restore**: 0.85x and 1.10x pooled of the large-tensor operations
-  (save runs 0.73x-1.07x).
+- **Durable save** 0.99x pooled of the best raw writer (runs 0.75x-1.29x; ratio of medians 1.03x).
+- **Ahead of every peer**: on the naive yardstick 1.61x naive pooled (runs 1.25x-1.90x) against the
+  notes' DCP 1.57x, safetensors 1.45x; in the peer benchmark's own run (`results/peers-local-1024MiB.md`,
+  2026-11-27 17:44 UTC, format 3.0) ckptstore saved at 1229 MB/s against torch DCP 1128 and safetensors
+  943. Both margins are small against this disk's noise (the naive writer moved 1.0-5.5 s per GiB).
+- **Cold restore** 0.95x pooled of the best raw reader (runs 0.62x-1.24x; ratio of medians 0.99x; the
+  23:43 runs: 0.87x). Both sides wait for the same shared virtual disk, whose cold throughput moved
+  0.5-3.5 s per GiB between repetitions; ckptstore has what the fastest raw reader has (4 requests in
+  flight, the same files). Read-ahead hints (`POSIX_FADV_WILLNEED` on each chunk, or 16 MiB ahead of
+  each piece) made ckptstore's cold reads slower (7 interleaved repetitions).
+- **Background save** blocks the caller 0.133 s/GB pooled (runs 0.119 / 0.137 / 0.113 / 0.174 / 0.299
+  / 0.128 / 0.115 / 0.172; target <= 0.15), measured after a training step as described above; 0.79x
+  the time of a one-thread memcpy. The first save of a store: 1.29 s/GB with fresh staging memory,
+  0.099 s/GB after `reserve_staging`.
+- **Many small tensors, cold restore**: 0.97x pooled of the large-tensor cold restore.
 - Memory (save 0.002x, restore 1.001x), manifest encode + decode (< 10 ms), latest() (one read with 1000
   checkpoints) and staging memory (1.0004x, reused) are met with margin.
 
