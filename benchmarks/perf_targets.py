@@ -782,10 +782,12 @@ from these runs and from the separate interleaved measurements named.)
 ## Met, with the margin
 
 - **Durable save** 0.99x pooled of the best raw writer (runs 0.75x-1.29x; ratio of medians 1.03x).
-- **Ahead of every peer**: on the naive yardstick 1.61x naive pooled (runs 1.25x-1.90x) against the
-  notes' DCP 1.57x, safetensors 1.45x; in the peer benchmark's own run (`results/peers-local-1024MiB.md`,
-  2026-11-27 17:44 UTC, format 3.0) ckptstore saved at 1229 MB/s against torch DCP 1128 and safetensors
-  943. Both margins are small against this disk's noise (the naive writer moved 1.0-5.5 s per GiB).
+- **Ahead of every peer**: in the peer benchmark's own run (`results/peers-local-1024MiB.md`,
+  2026-11-28 03:27 UTC, format 3.1, 3 repetitions) ckptstore saved at 1335 MB/s (1.58x naive) against
+  torch DCP 986 (1.17x) and safetensors 876 (1.04x); in the run of 2026-11-27 17:44 (format 3.0), 1229
+  against 1128 and 943. On this script's naive yardstick: 1.61x naive pooled (runs 1.25x-1.90x)
+  against the notes' DCP 1.57x, safetensors 1.45x — a small margin against this disk's noise (the
+  naive writer moved 1.0-5.5 s per GiB).
 - **Cold restore** 0.95x pooled of the best raw reader (runs 0.62x-1.24x; ratio of medians 0.99x; the
   23:43 runs: 0.87x). Both sides wait for the same shared virtual disk, whose cold throughput moved
   0.5-3.5 s per GiB between repetitions; ckptstore has what the fastest raw reader has (4 requests in
