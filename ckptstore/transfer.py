@@ -592,45 +592,43 @@ class _Run:
     unit_row: np.ndarray
 
 
-def _plan_runs(
-    small: SmallChunks,
-    span: int = BATCH_SPAN,
-    blocks: np.ndarray | None = None,
-    rows: np.ndarray | None = None,
-) -> list[_Run]:
-    """Group the small chunks (those of ``rows``, if given) into runs: neighbours in one shard, at most
-    ``span`` bytes from the first's start to the last's end, no hole over ``BATCH_GAP`` (holes inside a
+def _shard_bases(count: int, shard: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Where each of ``count`` shards starts in one address space for all of them, each as long as the
+    furthest ``end`` in it: offsets in different shards become comparable (a manifest's shards hold
+    < 2**63 bytes together: no overflow)."""
+    extent = np.zeros(count, np.int64)
+    np.maximum.at(extent, shard, end)
+    base = np.zeros(count, np.int64)
+    np.cumsum(extent[:-1], out=base[1:])
+    return base
+
+
+def _plan_runs(small: SmallChunks, span: int = BATCH_SPAN, blocks: np.ndarray | None = None) -> list[_Run]:
+    """Group the small chunks into runs: neighbours in one shard, at most ``span`` bytes from the first's start to the last's end, no hole over ``BATCH_GAP`` (holes inside a
     run are read too), each page-aligned in the arena after the one before.
 
     With ``blocks`` (``TensorTable.blocks``), each block that the chunks inside it fill at least half of
     (so reading it whole costs at most twice what it returns) is checked with its one checksum instead
     of one per chunk, and is never split between runs. numpy sorts and finds the breaks; Python only
     loops once per run."""
-    select = np.arange(len(small)) if rows is None else rows
-    if not len(select):
+    if not len(small):
         return []
     # The units a run is made of, each checked with one checksum: a chunk (row >= 0), or a block (-1).
-    u_shard, u_start, u_end = small.shard[select], small.offset[select], small.offset[select] + small.nbytes[select]
-    u_sum, u_row = small.checksum[select], select
+    u_shard, u_start, u_end = small.shard, small.offset, small.offset + small.nbytes
+    u_sum, u_row = small.checksum, np.arange(len(small))
     members = np.empty(0, np.int64)  # rows inside the blocks used, ordered by block
     member_block = np.empty(0, np.int64)
     if blocks is not None and len(blocks):
         b_shard = blocks["shard"].astype(np.int64)
         b_start = blocks["offset"].astype(np.int64)
         b_end = b_start + blocks["nbytes"].astype(np.int64)
-        # One address space for every shard: shard s starts at base[s], its extent as far as chunks and
-        # blocks reach (a manifest's shards hold < 2**63 bytes together: no overflow).
-        extent = np.zeros(len(small.shard_names), np.int64)
-        np.maximum.at(extent, u_shard, u_end)
-        np.maximum.at(extent, b_shard, b_end)
-        base = np.zeros(len(extent), np.int64)
-        np.cumsum(extent[:-1], out=base[1:])
+        base = _shard_bases(len(small.shard_names), np.concatenate([u_shard, b_shard]), np.concatenate([u_end, b_end]))
         b_key = base[b_shard] + b_start
         b_order = np.argsort(b_key, kind="stable")  # decode checks the order; a save's table has it
         b_key, b_len = b_key[b_order], (b_end - b_start)[b_order]
         key = base[u_shard] + u_start
         k = np.maximum(np.searchsorted(b_key, key, "right") - 1, 0)
-        inside = (key >= b_key[k]) & (key + (u_end - u_start) <= b_key[k] + b_len[k]) if len(b_key) else key < 0
+        inside = (key >= b_key[k]) & (key + (u_end - u_start) <= b_key[k] + b_len[k])
         filled = np.bincount(k[inside], weights=(u_end - u_start)[inside], minlength=len(b_key))
         usable = filled * 2 >= b_len
         blocked = inside & usable[k]
@@ -640,7 +638,6 @@ def _plan_runs(
         used = np.flatnonzero(usable)
         original = b_order[used]
         keep = ~blocked
-        members = select[members]
         u_shard = np.concatenate([u_shard[keep], b_shard[original]])
         u_start = np.concatenate([u_start[keep], b_start[original]])
         u_end = np.concatenate([u_end[keep], b_end[original]])
@@ -651,9 +648,7 @@ def _plan_runs(
     # Chunks never overlap each other, nor blocks (decode checks both), but a crafted block may overlap a
     # chunk outside it: plan with the running maximum of the ends, so a run covers all of its units.
     # (Within each shard: in one address space where shard s starts at base[s], past every end in it.)
-    base = np.zeros(len(small.shard_names), np.int64)
-    np.maximum.at(base, u_shard, u_end)
-    base = np.concatenate([[0], np.cumsum(base[:-1])])[u_shard]
+    base = _shard_bases(len(small.shard_names), u_shard, u_end)[u_shard]
     reach = np.maximum.accumulate(base + u_end) - base
     breaks = np.flatnonzero((u_shard[1:] != u_shard[:-1]) | (u_start[1:] - reach[:-1] > BATCH_GAP)) + 1
     runs: list[_Run] = []
