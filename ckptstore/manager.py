@@ -17,7 +17,6 @@ its cost (``TransferStats``) on its result and on the ``"ckptstore"`` logger.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import tempfile
 import threading
@@ -61,7 +60,7 @@ from ckptstore.format import (
     nbytes_of,
     pack,
     parse_step_dir,
-    plan_layout,
+    plan_balanced,
     shards_of,
     step_dir,
 )
@@ -258,7 +257,9 @@ def flatten_state(state: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict
                 raise ValueError(str(e)) from None
             if name in arrays or name in scalars:
                 raise ValueError(f"two state entries flatten to the same name {name!r}")
-            if isinstance(value, Mapping):
+            if type(value) is np.ndarray and value.dtype.kind not in "OUSV":  # the common case, first
+                arrays[name] = value
+            elif isinstance(value, Mapping):
                 visit(name, value)
             elif isinstance(value, _SCALAR_TYPES):
                 scalars[name] = value
@@ -795,48 +796,14 @@ class CheckpointStore:
             log.error("%s: background save of step %d failed: %s", self._storage.url, step, error)
 
     def _plan(self, sizes: Sequence[tuple[str, int]]) -> LayoutPlan:
-        """A layout with about one equally sized shard per worker (one fsync'd stream per thread).
-
-        Shards hold whole chunks, so a greedy fill at ``total / workers`` can end a shard up to a chunk
-        short and spill one small extra shard that a worker then writes alone, after the others. The
-        smallest target that yields at most ``workers`` shards avoids that.
-        """
+        """A layout with about one equally sized shard per worker (``plan_balanced``)."""
         key = (tuple(sizes), self.workers, self.max_shard_size, self.chunk_size)
         cached = self._last_plan
         if cached is not None and cached[0] == key:
             return cached[1]  # a training job saves the same shapes every time: plan once
-        plan = self._plan_uncached(sizes)
+        plan = plan_balanced(sizes, self.workers, max_shard_size=self.max_shard_size, chunk_size=self.chunk_size)
         self._last_plan = (key, plan)
         return plan
-
-    def _plan_uncached(self, sizes: Sequence[tuple[str, int]]) -> LayoutPlan:
-        total = sum(n for _, n in sizes)
-        base = max(1, math.ceil(total / self.workers))
-
-        def plan(target: int) -> LayoutPlan:
-            return plan_layout(sizes, target_shard_size=target, max_shard_size=self.max_shard_size,
-                               chunk_size=self.chunk_size)
-
-        best = plan(base)
-        if len(best.shards) <= self.workers or base >= self.max_shard_size:
-            return best
-        largest = max((min(n, self.chunk_size) for _, n in sizes), default=0)
-        lo, hi = base, base + largest + 2 * ALIGN
-        upper = plan(hi)
-        if len(upper.shards) > self.workers:
-            return best  # the shard size limit decides the count, not the target
-        best = upper
-        if len(sizes) <= 4096:  # planning is linear in tensors: search only where it is cheap
-            for _ in range(12):
-                if hi - lo <= ALIGN:
-                    break
-                mid = (lo + hi) // 2
-                candidate = plan(mid)
-                if len(candidate.shards) <= self.workers:
-                    best, hi = candidate, mid
-                else:
-                    lo = mid
-        return best
 
     def _write_and_commit(
         self,

@@ -33,6 +33,7 @@ from ckptstore.format import (
     dtype_from_name,
     dtype_name,
     encode_manifest,
+    plan_balanced,
     plan_layout,
     seal,
 )
@@ -209,6 +210,74 @@ def test_plan_packs_small_tensors_together():
 def test_plan_balances_across_target_shards():
     plan = plan_layout([("big", 64 << 20)], target_shard_size=16 << 20, chunk_size=8 << 20)
     assert plan.shard_sizes == (16 << 20,) * 4
+
+
+def _greedy_reference(sizes, target, max_shard_size, chunk_size):
+    """The layout rule in its plainest form, one chunk at a time: (name, start, nbytes, shard, offset)."""
+    chunk_size = min(chunk_size, max_shard_size // ALIGN * ALIGN)
+    target = max(ALIGN, min(target, max_shard_size))
+    out, shard, end = [], 0, 0
+    for name, nbytes in sizes:
+        for start in range(0, nbytes, chunk_size) if nbytes else [0]:
+            n = min(chunk_size, nbytes - start)
+            offset = -(-end // ALIGN) * ALIGN
+            if out and out[-1][3] == shard and offset + n > target:
+                shard, offset = shard + 1, 0
+            out.append((name, start, n, shard, offset))
+            end = offset + n
+    return out
+
+
+_layout_sizes = st.lists(st.sampled_from([0, 1, 10, 4095, 4096, 4097, 12288, 50_000, 300_000]), max_size=30)
+
+
+@given(_layout_sizes, st.sampled_from([1, 4096, 9000, 30_000, 1 << 40]), st.sampled_from([4096, 20_000, 1 << 30]),
+       st.sampled_from([4096, 16384, 65536]))
+@settings(max_examples=300, deadline=None)
+def test_plan_layout_is_the_greedy_fill(sizes, target, max_shard_size, chunk_size):
+    named = [(f"t{i}", n) for i, n in enumerate(sizes)]
+    plan = plan_layout(named, target_shard_size=target, max_shard_size=max_shard_size, chunk_size=chunk_size)
+    expected = _greedy_reference(named, target, max_shard_size, chunk_size)
+    assert [tuple(pc) for shard in plan.shards for pc in shard] == expected
+    assert len(plan.shards) == (expected[-1][3] + 1 if expected else 1)
+    for index, shard in enumerate(plan.shards):
+        assert plan.shard_sizes[index] == (shard[-1].offset + shard[-1].nbytes if shard else 0)
+    if named:  # the columns the plan fills in from its arrays are the ones its chunks give
+        columns = plan.columns
+        assert columns.names == tuple(n for n, _ in named)
+        assert columns.nchunks.tolist() == [sum(1 for e in expected if e[0] == n) for n, _ in named]
+        assert columns.shard.tolist() == [e[3] for e in expected]
+        assert columns.offset.tolist() == [e[4] for e in expected]
+        assert columns.nbytes.tolist() == [e[2] for e in expected]
+
+
+@given(_layout_sizes, st.integers(1, 5), st.sampled_from([8192, 100_000, 1 << 30]), st.sampled_from([4096, 65536]))
+@settings(max_examples=300, deadline=None)
+def test_plan_balanced_uses_the_smallest_target_that_fits_the_parts(sizes, parts, max_shard_size, chunk_size):
+    named = [(f"t{i}", n) for i, n in enumerate(sizes)]
+    plan = plan_balanced(named, parts, max_shard_size=max_shard_size, chunk_size=chunk_size)
+    placed = {}
+    for shard in plan.shards:
+        for pc in shard:
+            placed[pc.name] = placed.get(pc.name, 0) + pc.nbytes
+    assert placed == dict(named)
+    assert max(plan.shard_sizes) <= max_shard_size
+
+    def layout(target):
+        return plan_layout(named, target_shard_size=target, max_shard_size=max_shard_size, chunk_size=chunk_size)
+
+    low = max(ALIGN, math.ceil(sum(sizes) / parts))
+    fewest = len(layout(max_shard_size).shards)
+    if fewest > parts:  # the shard size limit decides the count
+        assert len(plan.shards) == fewest
+    elif len(layout(low).shards) <= parts:  # the even split fits
+        assert plan == layout(low)
+    else:  # no worse balanced than any target between the even split and the limit that fits
+        assert len(plan.shards) <= parts
+        for target in range(low, max_shard_size + 1, max(1, (max_shard_size - low) // 97)):
+            fits = layout(target)
+            if len(fits.shards) <= parts:
+                assert max(plan.shard_sizes) <= max(fits.shard_sizes)
 
 
 def test_plan_rejects_bad_chunk_size():
