@@ -283,6 +283,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         m = _manifest(store, target.step)
         latest = store.latest()
     tensors = list(m.tensors.items())
+    blocks = getattr(m.tensors, "blocks", None)  # format 3.1: runs of small tensors checked as one
+    nblocks = 0 if blocks is None else len(blocks)
     if args.sort == "size":
         tensors.sort(key=lambda kv: (-kv[1].nbytes, kv[0]))
     elif args.sort == "name":
@@ -291,7 +293,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         _print_json({
             "url": target.url, "step": m.step, "latest": latest is not None and latest.step == m.step,
             "time": m.created, "library": m.library, "nbytes": m.nbytes, "shards": dict(m.shards),
-            "format": f"{m.major}.{m.minor}", "checksum": m.checksum,
+            "format": f"{m.major}.{m.minor}", "checksum": m.checksum, "blocks": nblocks,
             "tensors": {n: {"dtype": e.dtype, "shape": list(e.shape), "nbytes": e.nbytes, "chunks": len(e.chunks)}
                         for n, e in tensors},
             "scalars": dict(m.scalars), "metadata": dict(m.metadata),
@@ -300,7 +302,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     tensor_bytes = sum(e.nbytes for e in m.tensors.values())
     head = [
         ["checkpoint", f"{target.url}@{m.step}" + ("  (LATEST)" if latest and latest.step == m.step else "")],
-        ["saved", f"{_when(m.created)} by ckptstore {m.library} (format {m.major}.{m.minor}, {m.checksum} checksums)"],
+        ["saved", f"{_when(m.created)} by ckptstore {m.library} (format {m.major}.{m.minor}, {m.checksum} checksums"
+                  + (f"; {nblocks} block checksum(s))" if nblocks else ")")],
         ["size", f"{format_size(m.nbytes)} in {len(m.shards)} shard(s); "
                  f"{len(m.tensors)} tensor(s) ({format_size(tensor_bytes)}), {len(m.scalars)} scalar(s)"],
     ]

@@ -169,7 +169,9 @@ def test_show_lists_tensors_and_metadata(saved: Path) -> None:
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert f"{saved}@100" in out and "(LATEST)" not in out
-    assert "loss: 0.5" in out and "(format 3.1, xxh3-64 checksums)" in out
+    blocks = len(CheckpointStore(saved, read_only=True).manifest(100).tensors.blocks)
+    assert blocks >= 1  # its small tensors are neighbours: checked in blocks too
+    assert "loss: 0.5" in out and f"(format 3.1, xxh3-64 checksums; {blocks} block checksum(s))" in out
     row = next(line for line in out.splitlines() if line.startswith("dnn/hiddenlayer_0/kernel"))
     assert row.split() == ["dnn/hiddenlayer_0/kernel", "float32", "[4,", "10]", "160", "B"]
     assert any(line.startswith("global_step") and "scalar" in line for line in out.splitlines())
@@ -183,6 +185,7 @@ def test_show_json_sorted_by_size(saved: Path) -> None:
     assert doc["tensors"]["big"] == {"dtype": "float32", "shape": [300000], "nbytes": 1_200_000, "chunks": 1}
     assert doc["scalars"] == {"global_step": 100}
     assert (doc["format"], doc["checksum"]) == ("3.1", "xxh3-64")
+    assert doc["blocks"] == len(CheckpointStore(saved, read_only=True).manifest(100).tensors.blocks) >= 1
 
 
 # ---------------------------------------------------------------------------------------------
