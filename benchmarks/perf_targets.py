@@ -632,22 +632,33 @@ def report(r: dict[str, Any], command: str, env: dict[str, Any]) -> str:
 ANALYSIS = """
 ## How ckptstore gets there
 
-(Written for the eight 1 GiB runs of 2026-11-28 02:11 – 03:04 UTC (8 × 7 repetitions, load 1.1–1.8)
+(Written for the seven 1 GiB runs of 2026-11-28 04:27 – 05:06 UTC (7 × 7 repetitions, load 1.2–1.8)
 pooled in `results/perf_targets.md`, on the final code: manifest format 3.1 with XXH3-64 chunk and
 block checksums, 4 reader threads, 2 MiB read pieces, destinations starting on huge-page boundaries,
-tensors under 4 MiB restored into one huge-page arena, in-place restores (`into=`), and memory peaks
-read from the kernel's high-water mark (below). The background save is measured right after a
-simulated training step (below). "The 23:43 runs" are the six pooled runs of 2026-11-27 23:43 –
-11-28 00:13 UTC: format 3.0 (no block checksums), memory sampled by a thread every 2 ms. Numbers come
-from these runs and from the separate interleaved measurements named.)
+tensors under 4 MiB restored into one huge-page arena, in-place restores (`into=`), memory peaks
+read from the kernel's high-water mark, and the save's per-tensor preparation trimmed (below). The
+background save is measured right after a simulated training step (below). From these runs on, the
+many-small save and restores take every position in the rotated order like the other writers and
+readers; before, they always ran last. "The 02:11 runs" are the eight pooled runs of 2026-11-28
+02:11 – 03:04 UTC: the same restore code, the save before the trimming, the many-small rows last.
+Numbers come from these runs and from the separate interleaved measurements named.)
 
 - **Save**: one shard per worker thread (2 here), sized by the smallest target that yields no more shards
   than workers. Each thread streams its shard from the arrays' own memory in 8 MiB pieces, hashing each
   piece (XXH3-64, which releases the GIL for pieces this large) right before writing it, then fsyncs;
-  small tensors are glued with their padding into 8 MiB writes (10k tensors: ~130 writes, not 20k).
-  Each run of neighbouring tensors under 1 MiB (at most 8 MiB) is also hashed as one block, fed the
-  glued buffers and pieces being written anyway (format 3.1, below). Then the manifest (create-only)
-  and LATEST (compare-and-swap).
+  tensors under 256 KiB are glued with their padding into writes of up to 8 MiB (the benchmark's 10k
+  tensors: ~4,200 writes, not 20k; a glued write ends where a block does, and tensors of 256 KiB or
+  more are written from their own memory). Each run of neighbouring tensors under 1 MiB (at most
+  8 MiB) is also hashed as one block, fed the glued buffers and pieces being written anyway (format
+  3.1, below). Then the manifest (create-only) and LATEST (compare-and-swap).
+- **A save's preparation** (flattening and checking the state, naming dtypes, planning the layout) runs
+  before the first byte is written, so for 10k tensors it was pure delay: 169 ms in a fresh store
+  (A/B in alternating fresh processes, 15 repetitions each), of which 47 ms asking numpy for
+  `dtype.name` twice per tensor (numpy computes it in Python), 62 ms flattening the state (mostly ABC
+  `isinstance` checks) and 60 ms planning (a Python object per chunk for every target the balancing
+  search tried). Now 45 ms: dtype names are memoised, a plain ndarray is recognised first, and the
+  plan lays the chunks out once with numpy and finds each shard's end with `searchsorted`, so the
+  search costs microseconds per try. On tmpfs the 10k-tensor save went from 0.64-0.80 to 0.49-0.56 s.
 - **Manifest (format 3.x)**: tensors stored as columns (names, dtype indices, shapes and 28-byte chunk
   records in binaries), validated with a few numpy operations, entries built only when asked for; the
   save builds the columns straight from its layout plan and checksums. 10k tensors: encode + decode
@@ -686,8 +697,11 @@ from these runs and from the separate interleaved measurements named.)
   3.0 reader ignores the blocks, a restore of a few tensors is unchanged, and a block that fails is
   checked chunk by chunk to name the damaged tensor. In interleaved probes (9 repetitions each, fresh
   process) the warm 10k-tensor restore went from 0.235-0.265 s to 0.201-0.229 s per GiB (unverified:
-  0.16-0.19 s); the same save code without blocks used the same CPU (0.92-1.02 against 0.96-1.01 s,
-  3 x 4 alternating repetitions).
+  0.16-0.19 s). Hashing the blocks costs the save 30-40 ms of CPU per GiB (10k tensors, alternating
+  fresh processes, with and without blocks: on disk 0.71-0.85 against 0.69-0.81 s of CPU, the wall
+  time within the disk's noise; on tmpfs 0.50-0.57 against 0.46-0.51 s). An earlier A/B that found no
+  cost was void: its script imported this benchmark module before ckptstore, and the module puts the
+  working tree first on `sys.path`, so both sides ran the same code.
 - **Memory peaks** (every "extra memory" figure, every `rss` in the JSON) now come from the kernel's RSS
   high-water mark, reset before each measured call through `/proc/self/clear_refs`, instead of a
   thread sampling RSS every 2 ms. That thread took the GIL each time it woke, which slowed what it
@@ -743,52 +757,67 @@ from these runs and from the separate interleaved measurements named.)
 
 ## Targets not met, by how much and why
 
-- **Warm restore** 0.74x pooled (runs 0.67x / 0.74x / 0.74x / 0.79x / 0.68x / 0.67x / 0.75x / 0.77x;
-  target 0.8x; ratio of the medians 0.72x, of the best runs 0.79x; the 23:43 runs: 0.78x): ckptstore
-  0.18 s per GiB against the raw reader's 0.13 s. What is left is checking the bytes. Unverified
+- **Warm restore** 0.76x pooled (runs 0.82x / 0.76x / 0.75x / 0.78x / 0.79x / 0.79x / 0.70x; target
+  0.8x; ratio of the medians 0.78x, of the best runs 0.80x; the 02:11 runs: 0.74x): ckptstore 0.17 s
+  per GiB against the raw reader's 0.13 s. What is left is checking the bytes. Unverified
   restores ran 0.80-0.94x of the raw reader in interleaved probes; a verified one typically uses
   50-80 ms more CPU per GiB. XXH3 itself is 30-45 ms of that: hashing pieces right after `preadv`
   filled them costs, on one thread, 29-31 ms per GiB with 1 MiB pieces (as fast as from cache), 36-44
-  with 2 MiB, 53-62 with 8 MiB. The rest, per perf, is the other core's kernel zeroing and copying
-  running slower while one core hashes (they share memory bandwidth), and thread switches. On 2 cores
-  that is 30-40 ms of wall time per GiB; the target leaves 35 ms for all of ckptstore's work. Measured
-  and no better within noise: read pieces of 512 KiB, 1 MiB and 2 MiB; 2, 3, 4 or 6 readers; the
-  small-tensor checks through ctypes (with or without the GIL); runs of small tensors first; reading
-  into a memfd with `sendfile` (no zeroing of fresh pages, but 2.5x slower).
-- **Many small tensors, warm restore** 0.72x pooled of the large-tensor warm restore (runs 0.65x-0.99x;
-  ratio of the medians 0.76x; target 0.8x; the 23:43 runs, format 3.0: 0.67x, ratio of medians 0.71x).
-  Block checksums (above) took the 10k-tensor restore from 0.26 to 0.23 s per GiB; the large-tensor
-  restore takes 0.18 s. Unverified, the 10k-tensor restore takes 0.16-0.19 s, so checking the blocks
-  still costs 40-55 ms against the large tensors' ~30 ms for the same bytes: the runs are read in
-  1 MiB pieces (twice as many reads and Python steps as the large tensors' 2 MiB), and each piece's
-  reader waits for the GIL while the calling thread builds the 10k views (7-15 ms of Python). Reading
-  runs in 4 MiB or 16 MiB pieces was no better within noise (9 interleaved repetitions).
-- **Many small tensors, save** 0.77x pooled of the large-tensor save (runs 0.55x / 0.71x / 0.84x /
-  1.04x / 0.90x / 0.86x / 0.76x / 0.74x; ratio of the medians 0.76x; the 23:43 runs: 0.85x, runs
-  0.73x-1.07x). Both saves are fsync'd writes to the shared virtual disk, whose per-run ratios here
-  moved by 2x. The block hashing added in 3.1 did not measurably cost the save: the 10k-tensor save with
-  and without it, in alternating fresh processes, took 1.23 / 1.11 / 1.27 s against 1.31 / 1.05 / 1.44 /
-  1.29 s (CPU 0.85-0.97 against 0.76-0.96 s).
+  with 2 MiB, 53-62 with 8 MiB; python-xxhash runs at 48 GB/s per core on cached 1 MiB pieces here,
+  so there is little left to take from the hash itself. The rest, per perf, is the other core's
+  kernel zeroing and copying running slower while one core hashes (they share memory bandwidth), and
+  thread switches. On 2 cores that is 30-40 ms of wall time per GiB; the target leaves 35 ms for all
+  of ckptstore's work. Measured and no better within noise: read pieces of 512 KiB, 1 MiB and 2 MiB;
+  2, 3, 4 or 6 readers; the small-tensor checks through ctypes (with or without the GIL); runs of
+  small tensors first; reading into a memfd with `sendfile` (no zeroing of fresh pages, but 2.5x
+  slower).
+- **Cold restore** 0.85x pooled of the best raw reader in these runs (runs 1.31x / 0.85x / 0.78x /
+  0.72x / 0.84x / 1.03x / 0.86x; ratio of the medians 0.94x; target 0.9x), 0.95x in the 02:11 runs
+  (0.62x-1.24x) with the same restore code. Both sides wait for the same shared virtual disk, whose cold
+  throughput moved 0.5-3.5 s per GiB between repetitions (here 0.53-2.29 s for the 4-thread raw
+  reader, 0.62-2.25 s for ckptstore); ckptstore has what the fastest raw reader has (4 requests in
+  flight, the same files). Read-ahead hints (`POSIX_FADV_WILLNEED` on each chunk, or 16 MiB ahead of
+  each piece) made ckptstore's cold reads slower (7 interleaved repetitions). So: met in one pool of
+  eight runs, missed in this one of seven; the disk decides.
+- **Many small tensors, warm restore** 0.73x pooled of the large-tensor warm restore (runs 0.83x /
+  0.73x / 0.76x / 0.62x / 0.75x / 0.74x / 0.72x; ratio of the medians 0.70x; target 0.8x; the 02:11
+  runs: 0.72x). Block checksums (above) took the 10k-tensor restore from 0.26 to 0.23 s per GiB; here
+  it took 0.20-0.27 s (run medians, rising over the runs) against 0.16-0.19 s for the large tensors.
+  In a process that only restores the two checkpoints (9 interleaved repetitions, best of two) the
+  same 10k-tensor restore takes 0.20-0.21 s against 0.17-0.18 s: 0.83-0.95x, which this benchmark's
+  process — holding six 1 GiB buffers and writing and dropping 4 GiB per repetition — does not
+  reproduce; no compaction stalls or huge-page fallbacks show in `/proc/vmstat` in the probe. Unverified,
+  the 10k-tensor restore takes 0.16-0.19 s, so checking the blocks still costs 40-55 ms against the
+  large tensors' ~30 ms for the same bytes: the runs are read in 1 MiB pieces (twice as many reads
+  and Python steps as the large tensors' 2 MiB), and each piece's reader waits for the GIL while the
+  calling thread builds the 10k views (about 10 ms of Python). Reading runs in 4 MiB or 16 MiB
+  pieces, building the views after the reads, with the garbage collector off, or with 2 or 3 readers
+  was no better within noise (9 interleaved repetitions).
+- **Many small tensors, save** 0.79x pooled of the large-tensor save (runs 0.88x / 0.78x / 0.73x /
+  0.74x / 1.12x / 0.79x / 0.78x; ratio of the medians 0.81x; the 02:11 runs, before the preparation
+  was trimmed and with the small save always last: 0.77x). Both saves are fsync'd writes to the shared
+  virtual disk, whose per-run ratios moved by 1.5x here. What the 10k-tensor save does beyond the
+  large one, measured on tmpfs (no disk): 0.49-0.56 s against 0.35-0.40 s. Of the difference, ~45 ms
+  is preparation (above), 30-40 ms of CPU block hashing, and the rest streaming: copying the tensors
+  under 256 KiB (about half the bytes) into glued buffers, a checksum call per tensor, and ~4,200
+  writes instead of ~360.
 
 ## Met, with the margin
 
-- **Durable save** 0.99x pooled of the best raw writer (runs 0.75x-1.29x; ratio of medians 1.03x).
+- **Durable save** 0.97x pooled of the best raw writer (runs 0.79x-1.21x; ratio of medians 1.02x; the
+  02:11 runs: 0.99x).
 - **Ahead of every peer**: in the peer benchmark's own run (`results/peers-local-1024MiB.md`,
   2026-11-28 03:27 UTC, format 3.1, 3 repetitions) ckptstore saved at 1335 MB/s (1.58x naive) against
   torch DCP 986 (1.17x) and safetensors 876 (1.04x); in the run of 2026-11-27 17:44 (format 3.0), 1229
-  against 1128 and 943. On this script's naive yardstick: 1.61x naive pooled (runs 1.25x-1.90x)
+  against 1128 and 943. On this script's naive yardstick: 1.72x naive pooled (runs 1.49x-2.05x)
   against the notes' DCP 1.57x, safetensors 1.45x — a small margin against this disk's noise (the
-  naive writer moved 1.0-5.5 s per GiB).
-- **Cold restore** 0.95x pooled of the best raw reader (runs 0.62x-1.24x; ratio of medians 0.99x; the
-  23:43 runs: 0.87x). Both sides wait for the same shared virtual disk, whose cold throughput moved
-  0.5-3.5 s per GiB between repetitions; ckptstore has what the fastest raw reader has (4 requests in
-  flight, the same files). Read-ahead hints (`POSIX_FADV_WILLNEED` on each chunk, or 16 MiB ahead of
-  each piece) made ckptstore's cold reads slower (7 interleaved repetitions).
-- **Background save** blocks the caller 0.133 s/GB pooled (runs 0.119 / 0.137 / 0.113 / 0.174 / 0.299
-  / 0.128 / 0.115 / 0.172; target <= 0.15), measured after a training step as described above; 0.79x
-  the time of a one-thread memcpy. The first save of a store: 1.29 s/GB with fresh staging memory,
-  0.099 s/GB after `reserve_staging`.
-- **Many small tensors, cold restore**: 0.97x pooled of the large-tensor cold restore.
+  naive writer moved 1.2-5.6 s per GiB).
+- **Background save** blocks the caller 0.133 s/GB pooled (runs 0.114 / 0.121 / 0.121 / 0.113 / 0.222
+  / 0.151 / 0.141; target <= 0.15; the 02:11 runs: 0.133), measured after a training step as
+  described above; 0.72x the time of a one-thread memcpy. The first save of a store: 1.75 s/GB with
+  fresh staging memory, 0.096 s/GB after `reserve_staging`.
+- **Many small tensors, cold restore**: 0.94x pooled of the large-tensor cold restore (the 02:11 runs:
+  0.97x).
 - Memory (save 0.002x, restore 1.001x), manifest encode + decode (< 10 ms), latest() (one read with 1000
   checkpoints) and staging memory (1.0004x, reused) are met with margin.
 
