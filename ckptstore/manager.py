@@ -389,8 +389,8 @@ def in_place_problem(value: Any) -> str | None:
 def destinations(arrays: Mapping[str, Any], entries: Mapping[str, TensorEntry], where: str) -> dict[str, np.ndarray]:
     """The ``arrays`` (an ``into`` state, flattened) that the tensors in ``entries`` are read into, after
     checking that each can be written in place: a numpy array, writable, C-contiguous, of exactly the
-    stored dtype (byte order included) and shape. Every problem is listed in one error, before anything
-    is read."""
+    stored dtype (byte order included) and shape, sharing no memory with another. Every problem is
+    listed in one error, before anything is read."""
     specs = tensor_specs(entries)
     out: dict[str, np.ndarray] = {}
     problems: list[str] = []
@@ -411,9 +411,35 @@ def destinations(arrays: Mapping[str, Any], entries: Mapping[str, TensorEntry], 
             problems.append(f"{name}: {value.dtype.str} {list(value.shape)}, stored {dtype.str} {list(shape)}")
         else:
             out[name] = value
+    problems += _sharing_memory(out, entries)
     if problems:
         raise ValueError(f"{where}: cannot restore in place into " + "; ".join(problems))
     return out
+
+
+def _sharing_memory(arrays: Mapping[str, np.ndarray], entries: Mapping[str, TensorEntry]) -> list[str]:
+    """The destinations whose memory overlaps another's: two tensors read into the same bytes, one
+    silently overwriting the other. The exception is tied weights (a torch module's shared embedding
+    and output projection, say: one tensor under two names): the same memory exactly, for two tensors
+    stored with the same bytes (their chunks' checksums agree), so either read leaves the same values.
+    Distinct arrays that own their memory never overlap, so addresses are only compared when some
+    destination is a view (of a buffer, of a torch tensor...) or one array is given twice."""
+    if all(a.base is None for a in arrays.values()) and len({id(a) for a in arrays.values()}) == len(arrays):
+        return []
+    spans = sorted((a.ctypes.data, a.ctypes.data + a.nbytes, name) for name, a in arrays.items() if a.nbytes)
+    problems: list[str] = []
+    reach, reacher, reacher_start = -1, "", -1  # the furthest end so far: whose it is, where it starts
+    for start, end, name in spans:  # C-contiguous: each array is exactly [start, end)
+        if start < reach:
+            tied = start == reacher_start and end == reach and (
+                [(c.nbytes, c.checksum) for c in entries[name].chunks]
+                == [(c.nbytes, c.checksum) for c in entries[reacher].chunks]
+            )
+            if not tied:
+                problems.append(f"{name}: shares memory with {reacher}")
+        if end > reach:
+            reach, reacher, reacher_start = end, name, start
+    return problems
 
 
 def flatten_template(template: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Scalar]]:
@@ -929,7 +955,7 @@ class CheckpointStore:
             like: a template mapping (arrays or anything with ``.shape``/``.dtype``, or scalars); every
                 name, shape and dtype is compared before any data is read.
             into: restore in place: a state (nested like ``like``) of writable, C-contiguous numpy
-                arrays to read the tensors straight into; it is also the template unless ``like`` is
+                arrays, no two sharing memory, to read the tensors straight into; it is also the template unless ``like`` is
                 given (then ``like`` is compared, and ``into`` supplies destinations for some of the
                 restored tensors, each of exactly the stored shape and dtype; its other arrays are left
                 as they are). The returned dict holds these same arrays. Nothing is allocated for them:

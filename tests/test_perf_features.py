@@ -793,6 +793,43 @@ def test_restore_into_refuses_arrays_it_cannot_write_before_reading(tmp_path: Pa
     assert not any(v.any() for v in into["small"].values())  # nothing was read
 
 
+def test_restore_into_refuses_destinations_that_share_memory(tmp_path: Path) -> None:
+    """Two tensors read into overlapping memory would silently overwrite each other: refused, naming
+    both, before anything is read. Views of one buffer that do not overlap are fine."""
+    store = CheckpointStore(tmp_path / "s", workers=2)
+    state = {"a": np.arange(1000, dtype=np.float32), "b": np.arange(1000, 2000, dtype=np.float32),
+             "c": np.arange(5, dtype=np.int64)}
+    store.save(1, state)
+    buffer = np.zeros(3000, np.float32)
+    overlapping = {"a": buffer[:1000], "b": buffer[999:1999], "c": np.zeros(5, np.int64)}
+    with pytest.raises(ValueError, match="b: shares memory with a"):
+        store.restore(into=overlapping)
+    assert not buffer.any()  # nothing was read
+    same = np.zeros(1000, np.float32)
+    with pytest.raises(ValueError, match="shares memory with"):
+        store.restore(into={"a": same, "b": same, "c": np.zeros(5, np.int64)})
+    apart = {"a": buffer[:1000], "b": buffer[1000:2000], "c": np.zeros(5, np.int64)}
+    restored = store.restore(into=apart)
+    assert restored["a"] is apart["a"] and (buffer[:2000] == np.arange(2000)).all()
+
+
+def test_restore_into_tied_weights_reads_the_shared_tensor(tmp_path: Path) -> None:
+    """One tensor under two names (a torch module's tied embedding and output projection): saved twice
+    with the same bytes, so restoring both into the one array is fine — unless the checkpoint holds
+    different values under the two names, which would leave whichever was read last."""
+    store = CheckpointStore(tmp_path / "s", workers=2)
+    shared = np.arange(4096, dtype=np.float32)
+    store.save(1, {"embed": shared, "head": shared, "bias": np.ones(3, np.float32)})
+    store.save(2, {"embed": shared, "head": shared + 1, "bias": np.ones(3, np.float32)})
+    tied = np.zeros(4096, np.float32)
+    restored = store.restore(1, into={"embed": tied, "head": tied, "bias": np.zeros(3, np.float32)})
+    assert restored["embed"] is tied and restored["head"] is tied and (tied == shared).all()
+    tied[:] = 0
+    with pytest.raises(ValueError, match="shares memory with embed"):
+        store.restore(2, into={"embed": tied, "head": tied, "bias": np.zeros(3, np.float32)})
+    assert not tied.any()
+
+
 class ShapedThing:
     """A template entry that has a shape and dtype but no memory numpy can write (a TensorSpec, a torch
     tensor that needs grad)."""

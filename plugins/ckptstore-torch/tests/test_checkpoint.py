@@ -147,6 +147,34 @@ def test_modules_and_tensors_are_restored_into_their_own_memory(tmp_path) -> Non
     assert train(m, opt, 1) == train(m2, opt2, 1)
 
 
+class TiedLM(torch.nn.Module):
+    """An embedding tied to the output projection, as in GPT-2 or T5: one tensor, two state_dict keys."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 8)
+        self.hidden = torch.nn.Linear(8, 8)
+        self.head = torch.nn.Linear(8, 50, bias=False)
+        self.head.weight = self.embed.weight
+
+
+def test_tied_weights_are_restored_in_place_into_the_one_shared_tensor(tmp_path) -> None:
+    torch.manual_seed(0)
+    m = TiedLM()
+    store = CheckpointStore(tmp_path / "md")
+    ckptstore_torch.save(store, 1, {"model": m})
+    m2 = TiedLM()
+    with torch.no_grad():
+        for t in m2.state_dict().values():
+            t.zero_()
+    ptr = m2.embed.weight.data_ptr()
+    ckptstore_torch.restore(store, {"model": m2})
+    assert store.last_restore_stats.mode == "into"
+    assert m2.head.weight is m2.embed.weight and m2.embed.weight.data_ptr() == ptr
+    for key, value in m.state_dict().items():
+        assert torch.equal(m2.state_dict()[key], value), key
+
+
 def test_a_corrupt_checkpoint_leaves_the_module_as_it_was_unless_restored_in_place(tmp_path) -> None:
     """in_place=False reads into fresh memory first: a corrupt chunk leaves the module as it was. In
     place, a small tensor is still copied in only once verified, but a large one (here 4 MiB) is read
