@@ -683,7 +683,7 @@ class _Packing:
         first = np.cumsum(per) - per  # each tensor's first chunk
         self.start = (np.arange(len(self.tensor)) - first[self.tensor]) * chunk_size
         self.nbytes = np.minimum(chunk_size, nbytes[self.tensor] - self.start)
-        aligned = -(-self.nbytes // ALIGN) * ALIGN
+        aligned = align_up(self.nbytes)  # element-wise
         self.begin = np.cumsum(aligned) - aligned
         self.end = self.begin + self.nbytes  # never decreasing: end[i] <= begin[i + 1] <= end[i + 1]
 
