@@ -869,12 +869,24 @@ def _check_seal(data: bytes, where: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _map_once(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """msgpack's ``object_pairs_hook``: a map, refusing a key given twice — a reader that keeps the first
+    value and one that keeps the last would see two different documents."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[Any] = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"map key {str(repeated)[:80]!r} appears more than once")
+    return out
+
+
 def _unpack(data: bytes, where: str, limit: int) -> Any:
     if len(data) > limit:
         raise FormatError(f"{where}: {len(data)} bytes is larger than the {limit}-byte limit")
     _check_seal(data, where)
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, **_UNPACK_LIMITS)
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, object_pairs_hook=_map_once,
+                               **_UNPACK_LIMITS)
     except Exception as e:  # msgpack raises ValueError, StackError, ExtraData, UnicodeDecodeError ...
         raise FormatError(f"{where}: not a valid msgpack document ({type(e).__name__}: {e})") from None
 

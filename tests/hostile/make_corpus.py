@@ -961,11 +961,45 @@ def build_v31() -> None:
     )
 
 
+def repeating(doc: dict[str, Any], key: str, value: Any) -> bytes:
+    """``doc`` packed with ``key`` given a second time, last, holding ``value``: no packer writes that."""
+    n = len(doc) + 1
+    head = bytes([0x80 | n]) if n < 16 else b"\xde" + struct.pack(">H", n)
+    return head + b"".join(pack(k) + pack(v) for k, v in doc.items()) + pack(key) + pack(value)
+
+
+def build_repeated_keys() -> None:
+    """A map with a key given twice: msgpack libraries keep the first or the last value, so two readers
+    of the one file would disagree on what it says. Refused in every map, at any depth."""
+    twice = r"not a valid msgpack document \(ValueError: map key '{}' appears more than once\)"
+    manifest_case(
+        "repeated-key-step", repeating(base_manifest(), "step", STEP + 1), rf"{M}: " + twice.format("step"),
+        "two steps in one manifest: which checkpoint is this?",
+    )
+    v31_doc = base_manifest_v31()
+    manifest_case(
+        "v31-repeated-key-chunks", repeating(v31_doc, "chunks", record_v3(0, 4096, 4096, 1) + record_v3(0, 0, 4096, 2)),
+        rf"{M}: " + twice.format("chunks"),
+        "a second set of chunk records: a reader keeping the first and one keeping the last read different bytes",
+    )
+    nested = base_manifest_v31()
+    nested["metadata"] = Raw(b"\x82" + pack("loss") + pack(0.5) + pack("loss") + pack(9.0))
+    manifest_case(
+        "v31-repeated-key-in-metadata", pack_with_raw(nested), rf"{M}: " + twice.format("loss"),
+        "the same in a nested map",
+    )
+    latest_case(
+        "repeated-key-step", repeating(base_latest(), "step", STEP + 1), r"LATEST: " + twice.format("step"),
+        "a pointer naming two checkpoints",
+    )
+
+
 def build() -> None:
     """Every case, into MANIFEST_CASES and LATEST_CASES."""
     build_v1_v2()
     build_v3()
     build_v31()
+    build_repeated_keys()
 
 
 def main() -> None:
