@@ -36,6 +36,7 @@ from ckptstore.format import (
     manifest_key,
     step_dir,
 )
+from ckptstore.storage import local as local_backend
 from ckptstore.storage.local import LocalStorage
 from ckptstore.testing import FaultInjectingStorage
 
@@ -275,6 +276,21 @@ def test_a_symlinked_shard_is_not_followed_out_of_the_model_dir(tmp_path: Path, 
 def test_a_symlinked_step_directory_is_not_followed(tmp_path: Path) -> None:
     root = tmp_path / "model_dir"
     _build(root)
+    elsewhere = tmp_path / "elsewhere"
+    (root / f"step-{STEP:012d}").rename(elsewhere)
+    (root / f"step-{STEP:012d}").symlink_to(elsewhere)
+    with pytest.raises(CkptStoreError, match="a directory on the way is a symlink"):
+        Recorded(root).store.restore(step=STEP)
+
+
+def test_symlinks_are_refused_where_the_kernel_does_not_say_what_was_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without /proc/self/fd (not Linux, or not mounted) the directories are checked with realpath."""
+    monkeypatch.setattr(local_backend, "_opened_path", lambda fd: None)
+    root = tmp_path / "model_dir"
+    _build(root)
+    assert Recorded(root).store.restore(step=STEP)
     elsewhere = tmp_path / "elsewhere"
     (root / f"step-{STEP:012d}").rename(elsewhere)
     (root / f"step-{STEP:012d}").symlink_to(elsewhere)
