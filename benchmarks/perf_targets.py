@@ -669,7 +669,15 @@ Numbers come from these runs and from the separate interleaved measurements name
   pieces; 15 repetitions each).
 - **Restore**: large chunks are read through one fd per chunk in 2 MiB pieces straight into page-aligned
   arrays, each piece hashed right after it lands; 4 reader threads (`read_workers`: this virtual disk's
-  cold reads ran 1.4x faster with 4 requests in flight than with 2, and cached reads lost nothing).
+  cold reads ran 1.4x faster with 4 requests in flight than with 2) when the files are on the disk, as
+  many as there are CPUs (2) when they are all in the page cache (`mincore` on 16 pages of each file,
+  ~0.1 ms): cached reads are memory copies, and 4 threads on 2 cores took turns and evicted each other's
+  pieces before they were hashed (the warm 1 GiB restore: 0.306 s of CPU with 2 readers against 0.317 s
+  with 4, 0.81x against 0.78x of the raw reader; 30 alternating repetitions in one process, where
+  earlier probes of 9 had found no difference within noise). Opening a file for a read checks the
+  directories on the way for symlinks through the path the kernel reports for the fd (one `readlink`
+  of `/proc/self/fd`, ~5 us) instead of `realpath` (~45 us of Python, GIL held, once per run of small
+  tensors and per large chunk).
 - **Where a warm restore's time goes** (perf, 10 warm restores of the 1 GiB model): in the raw reader,
   55% of the CPU is the kernel zeroing the fresh destination pages as `preadv` first touches them, 25%
   copying from the page cache. So allocation matters more than anything in ckptstore's own code: numpy
@@ -768,7 +776,7 @@ Numbers come from these runs and from the separate interleaved measurements name
   kernel zeroing and copying running slower while one core hashes (they share memory bandwidth), and
   thread switches. On 2 cores that is 30-40 ms of wall time per GiB; the target leaves 35 ms for all
   of ckptstore's work. Measured and no better within noise: read pieces of 512 KiB, 1 MiB and 2 MiB;
-  2, 3, 4 or 6 readers; the small-tensor checks through ctypes (with or without the GIL); runs of
+  3 or 6 readers; the small-tensor checks through ctypes (with or without the GIL); runs of
   small tensors first; reading into a memfd with `sendfile` (no zeroing of fresh pages, but 2.5x
   slower).
 - **Cold restore** 0.85x pooled of the best raw reader in these runs (runs 1.31x / 0.85x / 0.78x /

@@ -48,8 +48,9 @@ import numpy as np
 from ckptstore.format import ALIGN, DEFAULT_MAX_SHARD_SIZE, LayoutPlan, plan_layout
 from ckptstore.manager import CheckpointStore, __version__
 from ckptstore.storage.interface import Storage
+from ckptstore.storage.local import LocalStorage
 from ckptstore.storage.registry import open_storage, split_scheme
-from ckptstore.transfer import byte_view, empty_aligned
+from ckptstore.transfer import byte_view, empty_aligned, readers
 
 SCHEMA = "ckptstore-bench/1"
 PRESETS = ("few-large", "many-small", "mixed")
@@ -459,7 +460,10 @@ class RawBaseline:
 
         if self.storage is None:
             assert self.local_root is not None
-            return read_local_files([self.local_root / f"file-{i:05d}.bin" for i in range(len(self.sizes))], workers)
+            names = [f"file-{i:05d}.bin" for i in range(len(self.sizes))]
+            # As many threads as ckptstore's restore of the same bytes runs: fewer when cached (``readers``).
+            workers = readers(LocalStorage(self.local_root), names, workers)
+            return read_local_files([self.local_root / name for name in names], workers)
         # A remote backend splits one call into concurrent ranged GETs itself: one call per file.
         bufs = [empty_aligned((size,), np.dtype(np.uint8)) for size in self.sizes]
         storage = self.storage

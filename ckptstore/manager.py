@@ -81,6 +81,7 @@ from ckptstore.transfer import (
     map_tensors,
     prepare_array,
     read_tensors,
+    readers,
     run_parallel,
     stage,
     write_shards,
@@ -118,6 +119,8 @@ class TransferStats:
         files: shard files written or read.
         mode: ``"blocking"``, ``"background"`` or ``"distributed"`` for saves; ``"read"``, ``"into"``
             or ``"mmap"`` for restores.
+        readers: reads a restore ran at once: ``read_workers``, or the CPU count when its files were
+            in the page cache (local disk); 0 for saves and ``mmap`` restores.
     """
 
     operation: str
@@ -128,6 +131,7 @@ class TransferStats:
     retries: int = 0
     files: int = 0
     mode: str = "blocking"
+    readers: int = 0
 
     @property
     def throughput(self) -> float:
@@ -139,7 +143,8 @@ class TransferStats:
         return (
             f"{self.operation} step {self.step} ({self.mode}): {self.nbytes / 1e9:.3g} GB in {self.seconds:.3f} s "
             f"({self.throughput / 1e6:.0f} MB/s), blocked {self.blocked_seconds:.3f} s, {self.files} file(s), "
-            f"{self.retries} retr{'y' if self.retries == 1 else 'ies'}"
+            + (f"{self.readers} reader(s), " if self.readers else "")
+            + f"{self.retries} retr{'y' if self.retries == 1 else 'ies'}"
         )
 
 
@@ -515,7 +520,8 @@ class CheckpointStore:
         workers: parallel storage calls; default: what the backend suggests (``io_workers``).
         read_workers: parallel reads in a restore; default: ``workers`` if given, else the backend's
             ``read_workers`` (local disk: 4 — cold reads gain from more requests in flight), else
-            ``io_workers``.
+            ``io_workers``. A restore whose files the backend reports in the page cache (local disk)
+            runs no more reads at once than the process has CPUs: those reads are memory copies.
         verify: check every chunk's checksum on restore (the default; ``restore(verify=False)`` skips it).
         checksum: the chunk checksum algorithm saves use: ``"xxh3-64"`` (the default: about twice
             crc32c's speed, so a verified restore costs about what an unverified one does) or
@@ -1035,18 +1041,20 @@ class CheckpointStore:
             prefix = step_dir(manifest.step)
             needed = shards_of(entries)
             check_shards(self._storage, prefix, manifest, needed, self.workers)
+            reads = 0
             if mmap:
                 arrays = map_tensors(self._storage, prefix, entries, checksum=manifest.checksum if verify else None)
             else:
                 check = self.verify if verify is None else verify
+                reads = readers(self._storage, [f"{prefix}/{shard}" for shard in sorted(needed)], self.read_workers)
                 arrays = read_tensors(
                     self._storage, prefix, entries,
-                    checksum=manifest.checksum if check else None, workers=self.read_workers, into=dests,
+                    checksum=manifest.checksum if check else None, workers=reads, into=dests,
                 )
         seconds = time.perf_counter() - started
         stats = TransferStats(
             "restore", manifest.step, nbytes_of(entries), seconds, seconds, retries=retried.count,
-            files=len(needed), mode="mmap" if mmap else "into" if dests else "read",
+            files=len(needed), mode="mmap" if mmap else "into" if dests else "read", readers=reads,
         )
         self._last_restore_stats = stats
         log.info("%s: %s", self._storage.url, stats.describe())

@@ -670,6 +670,10 @@ class ConcurrencyProbe(FaultInjectingStorage):
         self.active = 0
         self.most = 0
         self._count = threading.Lock()
+        self.in_page_cache = False  # what ``cached`` answers
+
+    def cached(self, key: str) -> bool:
+        return self.in_page_cache
 
     def read_into(self, key: str, offset: int, out: memoryview) -> None:
         with self._count:
@@ -705,6 +709,34 @@ def test_restores_read_with_read_workers_and_writes_use_workers(tmp_path: Path) 
     assert probe.most == 5
     for name, value in state.items():
         np.testing.assert_array_equal(restored[name], value)
+    # Files in the page cache are read as memory copies: no more at once than there are CPUs.
+    assert store.last_restore_stats.readers == 5
+    probe.in_page_cache, probe.most = True, 0
+    restored = store.restore(1)
+    assert probe.most == store.last_restore_stats.readers == min(5, transfer.usable_cpus())
+    for name, value in state.items():
+        np.testing.assert_array_equal(restored[name], value)
+
+
+def test_readers_are_capped_at_the_cpus_only_when_every_file_is_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Cache:
+        def __init__(self, cached: set[str], broken: bool = False):
+            self.in_cache, self.broken, self.asked = cached, broken, []
+
+        def cached(self, key: str) -> bool:
+            self.asked.append(key)
+            if self.broken:
+                raise StorageError(f"{key}: cannot tell")
+            return key in self.in_cache
+
+    monkeypatch.setattr(transfer, "usable_cpus", lambda: 2)
+    both = {"s/a.bin", "s/b.bin"}
+    assert transfer.readers(Cache(both), ["s/a.bin", "s/b.bin"], 4) == 2
+    assert transfer.readers(Cache({"s/a.bin"}), ["s/a.bin", "s/b.bin"], 4) == 4  # one file still on disk
+    assert transfer.readers(Cache(both, broken=True), ["s/a.bin"], 4) == 4  # advice only: no error
+    assert transfer.readers(MemoryStorage("readers"), ["s/a.bin"], 4) == 4  # a backend that cannot tell
+    not_asked = Cache(both)
+    assert transfer.readers(not_asked, ["s/a.bin"], 2) == 2 and not not_asked.asked  # no more than CPUs anyway
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3, 4, 7])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import uuid
 
 import pytest
 
-from ckptstore.errors import PluginError, StorageError
+from ckptstore.errors import NotFound, PluginError, StorageError
 from ckptstore.storage import open_storage
 from ckptstore.storage.fsspec import FsspecStorage
 from ckptstore.storage.local import LocalStorage
@@ -57,6 +59,35 @@ def test_local_root_that_is_a_file(tmp_path):
     f.write_text("x")
     with pytest.raises(StorageError, match="not a directory"):
         LocalStorage(f)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page cache control through fadvise and RWF_NOWAIT")
+def test_local_cached_tells_whether_a_file_is_in_the_page_cache(tmp_path):
+    s = LocalStorage(tmp_path)
+    s.put("d/x.bin", os.urandom(4 << 20))
+    s.put("d/empty", b"")
+    assert s.cached("d/x.bin")  # just written
+    assert s.cached("d/empty")
+    fd = os.open(tmp_path / "d" / "x.bin", os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean (put fsyncs): dropped
+        answer = s.cached("d/x.bin")
+        try:  # the oracle: a read that may not wait for the disk, of the last page
+            still_there = os.preadv(fd, [bytearray(1)], (4 << 20) - 1, os.RWF_NOWAIT) == 1
+        except BlockingIOError:
+            still_there = False
+        if still_there:
+            pytest.skip("this filesystem keeps files in memory (tmpfs): nothing to drop")
+        assert not answer
+        assert os.preadv(fd, [bytearray(4 << 20)], 0) == 4 << 20  # read back in
+        assert s.cached("d/x.bin")
+    finally:
+        os.close(fd)
+    with pytest.raises(NotFound):
+        s.cached("d/missing")
+    os.symlink(tmp_path / "d" / "x.bin", tmp_path / "d" / "link")
+    with pytest.raises(StorageError, match="is a symlink"):
+        s.cached("d/link")
 
 
 def test_local_temp_files_of_interrupted_puts_are_listed(tmp_path):
