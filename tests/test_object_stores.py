@@ -610,6 +610,28 @@ def test_gcs_token_never_appears_in_repr_errors_or_logs(gcs_fake, caplog):
 # Options and fixtures
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("scheme, synonym, what, smallest_part, options", [
+    ("s3", "s3a", "an S3 URL", 5 * MiB, {"anon": True, "endpoint_url": "http://127.0.0.1:9"}),
+    ("gs", "gcs", "a GCS URL", 256 * 1024, {"token": "anon", "endpoint_url": "http://127.0.0.1:9"}),
+])
+def test_object_store_urls_and_sizes_are_checked_before_anything_is_set_up(scheme, synonym, what, smallest_part, options):
+    """No request is made: the endpoint is a closed port."""
+    with open_storage(f"{scheme}://b", **options) as s:
+        backend = type(s)
+    for bad in ("file:///tmp/x", f"{scheme}://", f"{scheme}:///", "bucket/prefix"):
+        with pytest.raises(ValueError, match=f"not {what}: .* \\(expected {scheme}://bucket\\[/prefix\\]\\)"):
+            backend(bad, **options)
+    for arg, value, problem in (("part_size", smallest_part - 1, "part_size must be at least"),
+                                ("max_concurrency", 0, "max_concurrency must be at least 1"),
+                                ("multipart_threshold", -1, "multipart_threshold must not be negative")):
+        with pytest.raises(ValueError, match=problem):
+            open_storage(f"{scheme}://b", **options, **{arg: value})
+    with open_storage(f"{synonym}://bucket//some/prefix/", **options, part_size=smallest_part) as s:
+        assert (s.url, s.bucket, s.prefix, s.part_size) == (f"{scheme}://bucket/some/prefix", "bucket", "some/prefix/", smallest_part)
+    with open_storage(f"{scheme}://bucket", **options) as s:
+        assert (s.url, s.prefix) == (f"{scheme}://bucket", "")
+
+
 def test_unknown_s3_option_is_rejected_by_name():
     with pytest.raises(TypeError, match="no_such_option"):
         open_storage("s3://b/p", no_such_option=1, anon=True, endpoint_url="http://127.0.0.1:9")

@@ -37,10 +37,9 @@ import asyncio  # noqa: E402
 import base64  # noqa: E402
 import concurrent.futures  # noqa: E402
 import json  # noqa: E402
-import threading  # noqa: E402
 import uuid  # noqa: E402
 from collections.abc import Iterable, Iterator  # noqa: E402
-from concurrent.futures import Future, ThreadPoolExecutor  # noqa: E402
+from concurrent.futures import Future  # noqa: E402
 from datetime import datetime  # noqa: E402
 from typing import Any  # noqa: E402
 from urllib.parse import quote  # noqa: E402
@@ -51,8 +50,8 @@ import fsspec.asyn  # noqa: E402
 import gcsfs  # noqa: E402
 
 from ckptstore.errors import AlreadyExists, CkptStoreError, NotFound, PreconditionFailed, StorageError  # noqa: E402
+from ckptstore.storage._object import ObjectStoreBase  # noqa: E402
 from ckptstore.storage._retry import (  # noqa: E402
-    RetriesExhausted,
     RetryPolicy,
     redact_url,
     retry_call,
@@ -62,10 +61,8 @@ from ckptstore.storage._retry import (  # noqa: E402
 )
 from ckptstore.storage.interface import (  # noqa: E402
     Buffer,
-    Capabilities,
     ObjectInfo,
     PutMode,
-    StorageBase,
     Version,
     as_bytes_view,
     check_key,
@@ -119,7 +116,7 @@ def _rfc3339(value: str | None) -> float | None:
         return None
 
 
-class GCSStorage(StorageBase):
+class GCSStorage(ObjectStoreBase):
     """Objects under ``gs://bucket/prefix``; every condition enforced by generation preconditions.
 
     Args:
@@ -136,15 +133,10 @@ class GCSStorage(StorageBase):
             ``access``, ``session_kwargs`` ...), passed to ``gcsfs.GCSFileSystem``.
     """
 
-    capabilities = Capabilities(conditional_create=True, compare_and_swap=True, ranged_get=True, durable=True)
-    # Chunks read or shards written at once. Each call fans out into up to ``max_concurrency`` part
-    # requests of its own, so 4 keeps ~8-16 requests in flight; 8 here doubled restore time and client
-    # CPU on loopback servers (threads contending for the GIL in socket reads). A high-latency link may
-    # want more: ``CheckpointStore(workers=...)``.
-    io_workers = 4
-    # Ordinary pages for restore destinations: with THP the loopback benchmark's restores stalled on
-    # compaction (0.3-1.2 s per 260 MiB against a steady 0.41-0.54 s); see transfer.empty_aligned.
-    huge_page_destinations = False
+    schemes = ("gs", "gcs")
+    what = "a GCS URL"
+    min_part_size = 256 * 1024
+    min_part_size_text = "256 KiB"
 
     def __init__(
         self,
@@ -158,30 +150,10 @@ class GCSStorage(StorageBase):
         read_timeout: float = 60.0,
         **storage_options: Any,
     ):
-        scheme, sep, rest = url.partition("://")
-        if not sep or scheme.lower() not in ("gs", "gcs") or not rest.strip("/"):
-            raise ValueError(f"not a GCS URL: {url!r} (expected gs://bucket[/prefix])")
-        if part_size < 256 * 1024:
-            raise ValueError("part_size must be at least 256 KiB")
-        if max_concurrency < 1:
-            raise ValueError("max_concurrency must be at least 1")
-        if multipart_threshold < 0:
-            raise ValueError("multipart_threshold must not be negative")
-        bucket, _, prefix = rest.strip("/").partition("/")
-        self.bucket = bucket
-        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.url = f"gs://{bucket}/{prefix.strip('/')}".rstrip("/")
-        self.part_size = part_size
-        self.multipart_threshold = multipart_threshold
-        self.max_concurrency = max_concurrency
-        self.retry = retry or RetryPolicy()
+        self._configure(url, part_size, multipart_threshold, max_concurrency, retry)
         self.endpoint_url: str = redact_url(str(storage_options.get("endpoint_url") or ""))
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
         self._secrets = _secret_strings(storage_options.get("token"))
-        self._bucket_checked = False
-        self._closed = False
-        self._pool_lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
         options = dict(storage_options)
         # A private instance: fsspec caches filesystems by their arguments, and close() here must not
         # close a session someone else in the process is using.
@@ -196,14 +168,6 @@ class GCSStorage(StorageBase):
 
     def __repr__(self) -> str:
         return f"GCSStorage({self.url!r}, endpoint_url={self.endpoint_url!r})"
-
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._closed:
-                raise StorageError(f"{self.url}: storage is closed")
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="ckptstore-gcs")
-            return self._pool
 
     # -- HTTP ----------------------------------------------------------------------------------
     def _object_url(self, name: str) -> str:
@@ -239,19 +203,8 @@ class GCSStorage(StorageBase):
             raise self._translate(op, key, e) from None
 
     # -- errors --------------------------------------------------------------------------------
-    def _redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    def _where(self, key: str) -> str:
-        return f"{self.url}/{key}" if key else self.url
-
     def _translate(self, op: str, key: str, e: BaseException) -> Exception:
-        retried = ""
-        if isinstance(e, RetriesExhausted):
-            retried = f" (gave up after {e.attempts} attempts in {e.elapsed:.1f}s)"
-            e = e.last
+        e, retried = self._unwrap(e)
         where = self._where(key)
         if isinstance(e, _HttpStatus):
             if e.status == 404:
@@ -276,18 +229,8 @@ class GCSStorage(StorageBase):
     def _name(self, key: str) -> str:
         return self.prefix + check_key(key)
 
-    def _check_bucket(self, op: str, key: str) -> None:
-        """Tell "missing bucket" from "missing key" when the server's 404 does not say which."""
-        if self._bucket_checked:
-            return
-        try:
-            self._http(op, key, "GET", f"{self.fs.base}b/{quote(self.bucket, safe='')}")
-        except NotFound:
-            raise StorageError(f"{self._where(key)}: {op} failed: bucket {self.bucket!r} does not exist") from None
-        except StorageError as e:
-            if "access denied" not in str(e):  # bucket metadata may be forbidden while objects are not
-                raise
-        self._bucket_checked = True
+    def _probe_bucket(self, op: str, key: str) -> None:
+        self._http(op, key, "GET", f"{self.fs.base}b/{quote(self.bucket, safe='')}")
 
     # -- reads ---------------------------------------------------------------------------------
     def _info(self, key: str, meta: dict[str, Any]) -> ObjectInfo:
@@ -304,8 +247,7 @@ class GCSStorage(StorageBase):
         return self._info(key, json.loads(body))
 
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
-        if (start is not None and start < 0) or (end is not None and end < 0):
-            raise ValueError("negative offsets are not supported")
+        self._check_range(start, end)
         headers = {}
         if start is not None or end is not None:
             lo = start or 0
@@ -323,27 +265,10 @@ class GCSStorage(StorageBase):
             return b""
         return body
 
-    def read_into(self, key: str, offset: int, out: memoryview) -> None:
-        view = as_bytes_view(out)
-        if offset < 0:
-            raise ValueError("negative offsets are not supported")
-        if len(view) == 0:
-            self.head(key)
-            return
-        first = min(len(view), self.part_size)
-        # The first range fixes the generation; the rest are read in parallel from that same generation
-        # (``generation=``, which fake-gcs-server honours too, unlike ``ifGenerationMatch`` on reads), so an
-        # object replaced mid-read fails loudly — or, in a versioned bucket, still reads consistently —
-        # instead of yielding a mix of two versions.
-        gen = self._read_range(key, offset, view[:first], None)
-        if first == len(view):
-            return
-        pool = self._executor()
-        futures = [submit(pool, self._read_range, key, offset + lo, view[lo:lo + self.part_size], gen)
-                   for lo in range(first, len(view), self.part_size)]
-        wait_all(futures)
-
     def _read_range(self, key: str, offset: int, view: memoryview, generation: str | None) -> str | None:
+        # The version pin of a read of several ranges (``read_into``) is the generation, asked for with
+        # ``generation=`` (which fake-gcs-server honours too, unlike ``ifGenerationMatch`` on reads): in a
+        # versioned bucket a replaced object even still reads consistently.
         params: dict[str, Any] = {"alt": "media"}
         if generation:
             params["generation"] = generation
@@ -543,11 +468,7 @@ class GCSStorage(StorageBase):
         self._http("delete", key, "DELETE", self._object_url(self._name(key)), ok_statuses=(404,))
 
     def close(self) -> None:
-        with self._pool_lock:
-            self._closed = True
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+        self._close_pool()
         session = getattr(self.fs, "_session", None)
         if session is not None and not session.closed:
             try:

@@ -27,7 +27,7 @@ import io
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,8 +39,8 @@ from botocore import UNSIGNED
 from botocore.config import Config
 
 from ckptstore.errors import AlreadyExists, CkptStoreError, NotFound, PreconditionFailed, StorageError
+from ckptstore.storage._object import ObjectStoreBase
 from ckptstore.storage._retry import (
-    RetriesExhausted,
     RetryPolicy,
     redact_url,
     retry_call,
@@ -50,10 +50,8 @@ from ckptstore.storage._retry import (
 )
 from ckptstore.storage.interface import (
     Buffer,
-    Capabilities,
     ObjectInfo,
     PutMode,
-    StorageBase,
     Version,
     as_bytes_view,
     check_key,
@@ -171,7 +169,7 @@ class _ViewReader(io.RawIOBase):
         return len(self._view) - self._pos
 
 
-class S3Storage(StorageBase):
+class S3Storage(ObjectStoreBase):
     """Objects under ``s3://bucket/prefix``; every condition enforced by the server.
 
     Args:
@@ -187,15 +185,10 @@ class S3Storage(StorageBase):
         **storage_options: s3fs-style options (see the module docstring).
     """
 
-    capabilities = Capabilities(conditional_create=True, compare_and_swap=True, ranged_get=True, durable=True)
-    # Chunks read or shards written at once. Each call fans out into up to ``max_concurrency`` part
-    # requests of its own, so 4 keeps ~8-16 requests in flight; 8 here doubled restore time and client
-    # CPU on loopback servers (threads contending for the GIL in socket reads). A high-latency link may
-    # want more: ``CheckpointStore(workers=...)``.
-    io_workers = 4
-    # Ordinary pages for restore destinations: with THP the loopback benchmark's restores stalled on
-    # compaction (0.3-1.2 s per 260 MiB against a steady 0.41-0.54 s); see transfer.empty_aligned.
-    huge_page_destinations = False
+    schemes = ("s3", "s3a")
+    what = "an S3 URL"
+    min_part_size = _MIN_PART
+    min_part_size_text = f"{_MIN_PART} bytes (S3's minimum part size)"
 
     def __init__(
         self,
@@ -209,28 +202,7 @@ class S3Storage(StorageBase):
         read_timeout: float = 60.0,
         **storage_options: Any,
     ):
-        scheme, sep, rest = url.partition("://")
-        if not sep or scheme.lower() not in ("s3", "s3a") or not rest.strip("/"):
-            raise ValueError(f"not an S3 URL: {url!r} (expected s3://bucket[/prefix])")
-        if part_size < _MIN_PART:
-            raise ValueError(f"part_size must be at least {_MIN_PART} bytes (S3's minimum part size)")
-        if max_concurrency < 1:
-            raise ValueError("max_concurrency must be at least 1")
-        if multipart_threshold < 0:
-            raise ValueError("multipart_threshold must not be negative")
-        bucket, _, prefix = rest.strip("/").partition("/")
-        self.bucket = bucket
-        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.url = f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")
-        self.part_size = part_size
-        self.multipart_threshold = multipart_threshold
-        self.max_concurrency = max_concurrency
-        self.retry = retry or RetryPolicy()
-        self._bucket_checked = False
-        self._closed = False
-        self._pool_lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
-        self._secrets: list[str] = []
+        self._configure(url, part_size, multipart_threshold, max_concurrency, retry)
         self._client, self._extra_put_args, self._extra_request_args, self.endpoint_url = self._make_client(
             storage_options, connect_timeout, read_timeout)
 
@@ -306,29 +278,10 @@ class S3Storage(StorageBase):
         where = f", endpoint_url={self.endpoint_url!r}" if self.endpoint_url else ""
         return f"S3Storage({self.url!r}{where})"
 
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._closed:
-                raise StorageError(f"{self.url}: storage is closed")
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="ckptstore-s3")
-            return self._pool
-
     # -- errors --------------------------------------------------------------------------------
-    def _redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    def _where(self, key: str) -> str:
-        return f"{self.url}/{key}" if key else self.url
-
     def _translate(self, op: str, key: str, e: BaseException) -> Exception:
         """Map a botocore/transport error (possibly wrapped in ``RetriesExhausted``) to ckptstore's."""
-        retried = ""
-        if isinstance(e, RetriesExhausted):
-            retried = f" (gave up after {e.attempts} attempts in {e.elapsed:.1f}s)"
-            e = e.last
+        e, retried = self._unwrap(e)
         where = self._where(key)
         code, status = _error_code(e)
         if code in ("NoSuchBucket",):
@@ -366,24 +319,13 @@ class S3Storage(StorageBase):
     def _s3key(self, key: str) -> str:
         return self.prefix + check_key(key)
 
-    def _check_bucket(self, op: str, key: str) -> None:
-        """Tell "missing bucket" from "missing key": a HEAD's 404 carries no error code to say which."""
-        if self._bucket_checked:
-            return
-        try:
-            self._call(op, key, self._client.head_bucket, Bucket=self.bucket)
-        except NotFound:
-            raise StorageError(f"{self._where(key)}: {op} failed: bucket {self.bucket!r} does not exist") from None
-        except StorageError as e:
-            # A 403 on the bucket only means ListBucket is not granted; object calls may still work.
-            if "access denied" not in str(e):
-                raise
-        self._bucket_checked = True
+    def _probe_bucket(self, op: str, key: str) -> None:
+        # A HEAD's 404 carries no error code to say whether the bucket or the key is missing.
+        self._call(op, key, self._client.head_bucket, Bucket=self.bucket)
 
     # -- reads ---------------------------------------------------------------------------------
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
-        if (start is not None and start < 0) or (end is not None and end < 0):
-            raise ValueError("negative offsets are not supported")
+        self._check_range(start, end)
         if start is None and end is None:
             return self._get_range(key, None, None)
         lo = start or 0
@@ -414,27 +356,8 @@ class S3Storage(StorageBase):
                 return b""
             raise
 
-    def read_into(self, key: str, offset: int, out: memoryview) -> None:
-        view = as_bytes_view(out)
-        if offset < 0:
-            raise ValueError("negative offsets are not supported")
-        if len(view) == 0:
-            self.head(key)
-            return
-        first = min(len(view), self.part_size)
-        # The first range tells us the ETag; the rest are fetched in parallel with If-Match on it, so an
-        # object replaced mid-read fails loudly instead of yielding a mix of old and new bytes.
-        etag = self._read_range(key, offset, view[:first], None)
-        if first == len(view):
-            return
-        pool = self._executor()
-        futures = [
-            submit(pool, self._read_range, key, offset + lo, view[lo:lo + self.part_size], etag)
-            for lo in range(first, len(view), self.part_size)
-        ]
-        wait_all(futures)
-
     def _read_range(self, key: str, offset: int, view: memoryview, etag: str | None) -> str:
+        # The version pin of a read of several ranges (``read_into``) is the ETag, sent as If-Match.
         args: dict[str, Any] = {
             "Bucket": self.bucket, "Key": self._s3key(key),
             "Range": f"bytes={offset}-{offset + len(view) - 1}", **self._extra_request_args,
@@ -628,11 +551,7 @@ class S3Storage(StorageBase):
                    **self._extra_request_args)
 
     def close(self) -> None:
-        with self._pool_lock:
-            self._closed = True
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+        self._close_pool()
         self._client.close()
 
 
