@@ -632,16 +632,17 @@ def report(r: dict[str, Any], command: str, env: dict[str, Any]) -> str:
 ANALYSIS = """
 ## How ckptstore gets there
 
-(Written for the seven 1 GiB runs of 2026-11-28 04:27 – 05:06 UTC (7 × 7 repetitions, load 1.2–1.8)
+(Written for the six 1 GiB runs of 2026-11-28 07:45 – 08:15 UTC (6 × 7 repetitions, load 1.1–1.7)
 pooled in `results/perf_targets.md`, on the final code: manifest format 3.1 with XXH3-64 chunk and
-block checksums, 4 reader threads, 2 MiB read pieces, destinations starting on huge-page boundaries,
-tensors under 4 MiB restored into one huge-page arena, in-place restores (`into=`), memory peaks
-read from the kernel's high-water mark, and the save's per-tensor preparation trimmed (below). The
-background save is measured right after a simulated training step (below). From these runs on, the
-many-small save and restores take every position in the rotated order like the other writers and
-readers; before, they always ran last. "The 02:11 runs" are the eight pooled runs of 2026-11-28
-02:11 – 03:04 UTC: the same restore code, the save before the trimming, the many-small rows last.
-Numbers come from these runs and from the separate interleaved measurements named.)
+block checksums, 4 reader threads for files on the disk and 2 (the CPUs) for files in the page cache,
+2 MiB read pieces, destinations starting on huge-page boundaries, tensors under 4 MiB restored into
+one huge-page arena and their views made after the reads, in-place restores (`into=`), memory peaks
+read from the kernel's high-water mark. The background save is measured right after a simulated
+training step (below); every writer and reader, the many-small ones included, takes every position in
+the rotated order. "The 06:56 runs" are six runs of 06:56 – 07:29 UTC with the same code but the small
+tensors' views still made while the reads ran; "the 04:27 runs" are the seven runs before this
+session's changes (4 readers whether cached or not). Numbers come from these runs and from the
+separate interleaved measurements named.)
 
 - **Save**: one shard per worker thread (2 here), sized by the smallest target that yields no more shards
   than workers. Each thread streams its shard from the arrays' own memory in 8 MiB pieces, hashing each
@@ -694,8 +695,12 @@ Numbers come from these runs and from the separate interleaved measurements name
 - **Many small tensors, restore**: the manifest's columns give the small single-chunk tensors as numpy
   arrays; runs (neighbours in a shard, <= 16 MiB, no hole over 64 KiB) are found with `lexsort` and
   `searchsorted`, one Python step per run, so no per-tensor work happens before the first read. Each
-  run is read in 1 MiB pieces into the arena; 4 runs at a time. Names, shapes and the returned views —
-  one `ndarray` constructor each — are made in the calling thread while the reads run.
+  run is read in 1 MiB pieces into the arena, as many runs at a time as there are readers. Names,
+  shapes and the returned views — one `ndarray` constructor each, ~5 ms for 10k — are made once the
+  reads are done. Made while the reads ran (until this session), that loop held the GIL which every
+  reader wanted back after each read and each hash: with 2 readers the warm 10k-tensor restore took
+  0.209 s (0.362 s of CPU) that way and 0.195 s (0.340 s) this way (16 alternating repetitions in one
+  process); with 4 readers an earlier probe had found no difference.
 - **Block checksums (format 3.1)**: until 3.0 each small tensor was checked with its own XXH3 call once
   its last byte had landed: 10k calls, each holding the GIL (python-xxhash releases it only for inputs
   over 128-256 KiB), on 4 reader threads and the thread making views. A 3.1 manifest also lists one
@@ -765,69 +770,71 @@ Numbers come from these runs and from the separate interleaved measurements name
 
 ## Targets not met, by how much and why
 
-- **Warm restore** 0.76x pooled (runs 0.82x / 0.76x / 0.75x / 0.78x / 0.79x / 0.79x / 0.70x; target
-  0.8x; ratio of the medians 0.78x, of the best runs 0.80x; the 02:11 runs: 0.74x): ckptstore 0.17 s
-  per GiB against the raw reader's 0.13 s. What is left is checking the bytes. Unverified
-  restores ran 0.80-0.94x of the raw reader in interleaved probes; a verified one typically uses
-  50-80 ms more CPU per GiB. XXH3 itself is 30-45 ms of that: hashing pieces right after `preadv`
-  filled them costs, on one thread, 29-31 ms per GiB with 1 MiB pieces (as fast as from cache), 36-44
-  with 2 MiB, 53-62 with 8 MiB; python-xxhash runs at 48 GB/s per core on cached 1 MiB pieces here,
-  so there is little left to take from the hash itself. The rest, per perf, is the other core's
-  kernel zeroing and copying running slower while one core hashes (they share memory bandwidth), and
-  thread switches. On 2 cores that is 30-40 ms of wall time per GiB; the target leaves 35 ms for all
-  of ckptstore's work. Measured and no better within noise: read pieces of 512 KiB, 1 MiB and 2 MiB;
-  3 or 6 readers; the small-tensor checks through ctypes (with or without the GIL); runs of
-  small tensors first; reading into a memfd with `sendfile` (no zeroing of fresh pages, but 2.5x
-  slower).
-- **Cold restore** 0.85x pooled of the best raw reader in these runs (runs 1.31x / 0.85x / 0.78x /
-  0.72x / 0.84x / 1.03x / 0.86x; ratio of the medians 0.94x; target 0.9x), 0.95x in the 02:11 runs
-  (0.62x-1.24x) with the same restore code. Both sides wait for the same shared virtual disk, whose cold
-  throughput moved 0.5-3.5 s per GiB between repetitions (here 0.53-2.29 s for the 4-thread raw
-  reader, 0.62-2.25 s for ckptstore); ckptstore has what the fastest raw reader has (4 requests in
-  flight, the same files). Read-ahead hints (`POSIX_FADV_WILLNEED` on each chunk, or 16 MiB ahead of
-  each piece) made ckptstore's cold reads slower (7 interleaved repetitions). So: met in one pool of
-  eight runs, missed in this one of seven; the disk decides. Both pools together (15 runs, 105
-  repetitions, the same restore code): cold restore 0.90x, warm restore 0.75x, many-small warm 0.73x.
-- **Many small tensors, warm restore** 0.73x pooled of the large-tensor warm restore (runs 0.83x /
-  0.73x / 0.76x / 0.62x / 0.75x / 0.74x / 0.72x; ratio of the medians 0.70x; target 0.8x; the 02:11
-  runs: 0.72x). Block checksums (above) took the 10k-tensor restore from 0.26 to 0.23 s per GiB; here
-  it took 0.20-0.27 s (run medians, rising over the runs) against 0.16-0.19 s for the large tensors.
-  In a process that only restores the two checkpoints (9 interleaved repetitions, best of two) the
-  same 10k-tensor restore takes 0.20-0.21 s against 0.17-0.18 s: 0.83-0.95x, which this benchmark's
-  process — holding six 1 GiB buffers and writing and dropping 4 GiB per repetition — does not
-  reproduce; no compaction stalls or huge-page fallbacks show in `/proc/vmstat` in the probe. Unverified,
-  the 10k-tensor restore takes 0.16-0.19 s, so checking the blocks still costs 40-55 ms against the
-  large tensors' ~30 ms for the same bytes: the runs are read in 1 MiB pieces (twice as many reads
-  and Python steps as the large tensors' 2 MiB), and each piece's reader waits for the GIL while the
-  calling thread builds the 10k views (about 10 ms of Python). Reading runs in 4 MiB or 16 MiB
-  pieces, building the views after the reads, with the garbage collector off, or with 2 or 3 readers
-  was no better within noise (9 interleaved repetitions).
-- **Many small tensors, save** 0.79x pooled of the large-tensor save (runs 0.88x / 0.78x / 0.73x /
-  0.74x / 1.12x / 0.79x / 0.78x; ratio of the medians 0.81x; the 02:11 runs, before the preparation
-  was trimmed and with the small save always last: 0.77x). Both saves are fsync'd writes to the shared
-  virtual disk, whose per-run ratios moved by 1.5x here. What the 10k-tensor save does beyond the
-  large one, measured on tmpfs (no disk): 0.49-0.56 s against 0.35-0.40 s. Of the difference, ~45 ms
-  is preparation (above), 30-40 ms of CPU block hashing, and the rest streaming: copying the tensors
-  under 256 KiB (about half the bytes) into glued buffers, a checksum call per tensor, and ~4,200
-  writes instead of ~360.
+- **Many small tensors, warm restore** 0.68x pooled of the large-tensor warm restore (runs 0.70x /
+  0.70x / 0.60x / 0.68x / 0.70x / 0.63x, ratio of the medians 0.68x; target 0.8x; the 06:56 runs:
+  0.66x; the 04:27 runs: 0.73x). The 10k-tensor restore itself got faster — 0.20-0.24 s per GiB in
+  these runs against 0.20-0.27 s in the 04:27 runs — but the large-tensor restore it is measured
+  against got faster still (0.13-0.16 s against 0.16-0.19 s) once cached reads ran 2 readers. What
+  the small restore does beyond the large one, measured this session:
+  - Unverified, in one process alternating the two: 0.183-0.187 s against 0.142-0.167 s; verified,
+    0.195-0.238 s against 0.160-0.181 s (2-16 alternating repetitions per probe). So both the reading
+    and the checking cost the small tensors more.
+  - By perf (warm restores of both checkpoints in a steady process, and inside this benchmark's own
+    process): per GiB, the kernel's zeroing of the fresh arena pages took 16-38 ms more and its copying
+    from the page cache 13-38 ms more than for the large tensors' fresh arrays, Python 8-15 ms more,
+    lock and task switching ~10 ms more. Which physical pages a restore gets, and whether this VM's
+    host still backs them (see "This VM's memory"), decides the zeroing; faulting 1 GiB in as one
+    mapping or as the large model's 215 measured the same (0.118 against 0.124 s).
+  - Not the page cache's folio sizes: after a cold restore the small checkpoint's files were 37-41% 4 KiB
+    folios (the large one's 9-12%), but re-reading them sequentially (88% 2 MiB folios) left the warm
+    small restore where it was (0.217-0.227 s against 0.212-0.225 s).
+  - Not the read size: runs read in 512 KiB, 1, 2 or 4 MiB pieces, with 2 or 4 readers, measured the
+    same (0.195-0.212 s).
+  - The earlier report that a process doing nothing but restores measures 0.83-0.95x was not
+    reproduced: this session's probes gave 0.72-0.82x; the large restore moved 0.15-0.19 s between
+    probe processes, and that made the difference.
+- **Cold restore** 0.86x pooled of the best raw cold reader (runs 0.80x-1.19x; ratio of the medians
+  0.87x; target 0.9x); 0.90x in the 06:56 runs and 0.85x in the 04:27 runs. The reads are the same as
+  the 4-thread raw reader's: 4 requests in flight on the same files in 2 MiB pieces, a `mincore`
+  probe of 16 pages per file first (~0.1 ms; no read-ahead). Both wait for the same shared virtual
+  disk, whose cold throughput moved 0.49-2.21 s per GiB for the raw reader and 0.56-1.95 s for
+  ckptstore between repetitions here. Read-ahead hints (`POSIX_FADV_WILLNEED` on each chunk, or 16 MiB
+  ahead of each piece) made ckptstore's cold reads slower (7 interleaved repetitions). Met in two
+  pools of runs (the 02:11 runs 0.95x, the 06:56 runs 0.90x), missed in two (0.85x, 0.86x).
+- **Many small tensors, cold restore** 0.78x pooled of the large-tensor cold restore (runs 0.76x-0.86x,
+  ratio of the medians 0.82x; target 0.8x); 0.88x in the 06:56 runs, 0.94x in the 04:27 runs. The
+  small checkpoint's runs are ≤16 MiB reads, each through a new fd, so the kernel's read-ahead starts
+  afresh for each (and reads its first pages into 4 KiB folios, above); disk noise is as for the cold
+  restore.
 
 ## Met, with the margin
 
-- **Durable save** 0.97x pooled of the best raw writer (runs 0.79x-1.21x; ratio of medians 1.02x; the
-  02:11 runs: 0.99x).
+- **Warm restore** 0.81x pooled of the raw reader (runs 0.81x / 0.81x / 0.88x / 0.75x / 0.85x / 0.78x;
+  ratio of the medians 0.82x; the 06:56 runs 0.82x; the 04:27 runs, with 4 readers when cached:
+  0.76x): ckptstore 0.15 s per GiB against the raw reader's 0.12 s. The margin is thin: what is left
+  is checking the bytes. Unverified restores ran 0.80-0.94x of the raw reader in interleaved probes;
+  hashing pieces right after `preadv` filled them costs, on one thread, 29-31 ms per GiB with 1 MiB
+  pieces, 36-44 with 2 MiB, 53-62 with 8 MiB; python-xxhash runs at 48 GB/s per core on cached 1 MiB
+  pieces here, so there is little left to take from the hash itself. Measured and no better within
+  noise: read pieces of 512 KiB, 1 MiB and 2 MiB; 3 or 6 readers; the small-tensor checks through
+  ctypes (with or without the GIL); runs of small tensors first; reading into a memfd with
+  `sendfile` (no zeroing of fresh pages, but 2.5x slower).
+- **Durable save** 1.00x pooled of the best raw writer (runs 0.91x-1.25x; the 04:27 runs: 0.97x).
+- **Many small tensors, save** 0.84x pooled of the large-tensor save (runs 0.76x-0.89x; ratio of the
+  medians 0.81x; the 06:56 runs 0.81x; the 04:27 runs, before the save's preparation was trimmed:
+  0.79x). What the 10k-tensor save does beyond the large one, measured on tmpfs (no disk): 0.49-0.56 s
+  against 0.35-0.40 s: ~45 ms of preparation (above), 30-40 ms of CPU block hashing, and streaming
+  (copying the tensors under 256 KiB, about half the bytes, into glued buffers, a checksum call per
+  tensor, and ~4,200 writes instead of ~360).
 - **Ahead of every peer**: in the peer benchmark's own run (`results/peers-local-1024MiB.md`,
   2026-11-28 03:27 UTC, format 3.1, 3 repetitions) ckptstore saved at 1335 MB/s (1.58x naive) against
   torch DCP 986 (1.17x) and safetensors 876 (1.04x); in the run of 2026-11-27 17:44 (format 3.0), 1229
-  against 1128 and 943. On this script's naive yardstick: 1.72x naive pooled (runs 1.49x-2.05x)
-  against the notes' DCP 1.57x, safetensors 1.45x — a small margin against this disk's noise (the
-  naive writer moved 1.2-5.6 s per GiB).
-- **Background save** blocks the caller 0.133 s/GB pooled (runs 0.114 / 0.121 / 0.121 / 0.113 / 0.222
-  / 0.151 / 0.141; target <= 0.15; the 02:11 runs: 0.133), measured after a training step as
-  described above; 0.72x the time of a one-thread memcpy. The first save of a store: 1.75 s/GB with
-  fresh staging memory, 0.096 s/GB after `reserve_staging`.
-- **Many small tensors, cold restore**: 0.94x pooled of the large-tensor cold restore (the 02:11 runs:
-  0.97x).
-- Memory (save 0.002x, restore 1.001x), manifest encode + decode (< 10 ms), latest() (one read with 1000
+  against 1128 and 943. On this script's naive yardstick: 1.74x naive pooled (runs 1.38x-1.86x)
+  against the notes' DCP 1.57x, safetensors 1.45x — a small margin against this disk's noise.
+- **Background save** blocks the caller 0.109 s/GB pooled (target <= 0.15; the 04:27 runs: 0.133),
+  measured after a training step as described above; 0.67x the time of a one-thread memcpy. The first
+  save of a store: 1.49 s/GB with fresh staging memory, 0.100 s/GB after `reserve_staging`.
+- Memory (save 0.002x, restore 1.001x), manifest encode + decode (6.1 ms), latest() (one read with 1000
   checkpoints) and staging memory (1.0004x, reused) are met with margin.
 
 Per-repetition ratios spread 2-3x on this shared 2-core machine; re-run on a quiet machine before
