@@ -56,7 +56,7 @@ class StorageContract:
         landed = []
         for piece in read_pieces("p", 300, view, 1024):
             landed.append(bytes(piece))  # each piece is filled when it is yielded
-        assert [len(p) for p in landed] == [1024] * 6 + [856]
+        assert all(0 < len(p) <= 1024 for p in landed), [len(p) for p in landed]  # cut where the backend likes
         assert b"".join(landed) == bytes(out) == data[300:7300]
         out2 = bytearray(10)
         try:

@@ -58,7 +58,7 @@ PIECE = 8 << 20  # checksum/write granularity: big enough for few calls, small e
 SMALL_CHUNK = 4 << 20
 SMALL_WRITE = 256 << 10  # pieces below this are glued together before they are written
 BATCH_SPAN = 16 << 20  # at most this many bytes per batched read
-RUN_PIECE = 1 << 20  # a batched read is made (and its small chunks checked) piece by piece
+RUN_PIECE = 1 << 20  # reads through a scratch buffer (in-place restores) go piece by piece
 BATCH_GAP = 64 << 10  # don't read (and keep) holes bigger than this to batch neighbours
 INTO_SPAN = 4 << 20  # runs of small tensors restored in place: the scratch buffer each needs is fresh memory
 ALIGNED_MIN = 64 << 10  # arrays at least this big are allocated page-aligned
@@ -815,7 +815,10 @@ def _read_run(
         return
     starts, ends, stored = run.unit_start.tolist(), run.unit_end.tolist(), run.unit_sum.tolist()
     hash_of = checksum_function(checksum) if checksum is not None else None
-    pieces = _pieces(storage, key, run.start, view, RUN_PIECE) if storage.read_piece_size else None
+    # Into the arena: the backend's pieces, cut where its (huge) pages start (see LocalStorage.read_pieces).
+    # Through a scratch buffer, reused run after run: pieces small enough to be hashed from L2 cache.
+    piece = RUN_PIECE if place is not None else 0
+    pieces = _pieces(storage, key, run.start, view, piece) if storage.read_piece_size else None
     if pieces is None:
         storage.read_into(key, run.start, view)
         pieces = iter((view,))

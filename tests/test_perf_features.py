@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import mmap
 import signal
 import subprocess
 import sys
@@ -972,6 +973,27 @@ def test_read_through_reuses_one_buffer_and_reports_a_short_object(tmp_path: Pat
     assert [len(p) for p in seen] == [4096, 4096, 1808] and b"".join(seen) == payload[100:10100]
     with pytest.raises(StorageError, match="object ends at 10240 bytes, 1000 more expected"):
         list(storage.read_through("obj", 1240, 10000, buf))
+
+
+def test_local_read_pieces_are_cut_where_the_destinations_pages_start(tmp_path: Path) -> None:
+    """A piece size of whole pages is counted from the destination's address, so each piece fills
+    whole pieces of memory (a fresh huge page is zeroed and filled at once); other sizes from its start."""
+    storage = LocalStorage(tmp_path / "r")
+    page = mmap.PAGESIZE
+    payload = np.random.default_rng(5).integers(0, 256, 40 * page, dtype=np.uint8).tobytes()
+    storage.put("obj", payload)
+    buffer = transfer.empty_aligned((64 * page,), np.dtype(np.uint8))
+    step = 4 * page
+    base = -(-buffer.ctypes.data // step) * step  # the first multiple of 4 pages in the buffer
+    start = base + 3 * page - buffer.ctypes.data  # 3 pages past it
+    out = memoryview(buffer)[start : start + 20 * page + 100]
+    ends = []
+    for piece in storage.read_pieces("obj", 7, out, step):
+        ends.append(np.frombuffer(piece, np.uint8).ctypes.data + len(piece) - base)
+    assert ends == [4 * page, 8 * page, 12 * page, 16 * page, 20 * page, 23 * page + 100]
+    assert bytes(out) == payload[7 : 7 + len(out)]
+    odd = [len(p) for p in storage.read_pieces("obj", 0, memoryview(buffer)[100 : 100 + 3000], 1000)]
+    assert odd == [1000, 1000, 1000]
 
 
 def test_restore_into_reads_aligned_arrays_directly_and_misaligned_ones_through_scratch(tmp_path: Path) -> None:

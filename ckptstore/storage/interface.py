@@ -138,10 +138,11 @@ class StorageBase:
         out[:] = data
 
     def read_pieces(self, key: str, offset: int, out: memoryview, piece_size: int = 0) -> Iterator[memoryview]:
-        """Fill ``out`` like ``read_into``, in calls of ``piece_size`` bytes (default ``read_piece_size``;
-        one call when both are 0),
-        yielding each filled piece of ``out`` as it lands — so the caller checksums it while it is in
-        cache. Optional: restores fall back to this loop of ``read_into`` calls; a backend overrides it to
+        """Fill ``out`` like ``read_into``, in calls of at most ``piece_size`` bytes (default
+        ``read_piece_size``; one call when both are 0), yielding each filled piece of ``out`` as it lands
+        — so the caller checksums it while it is in cache. Where the pieces are cut is the backend's
+        choice (``LocalStorage`` cuts them where the destination's pages start); callers use each
+        piece's length. Optional: restores fall back to this loop of ``read_into`` calls; a backend overrides it to
         keep one handle open for all the pieces."""
         return read_in_pieces(self, key, offset, out, piece_size)
 

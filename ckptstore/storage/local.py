@@ -192,17 +192,31 @@ class LocalStorage(StorageBase):
             pass
 
     def read_pieces(self, key: str, offset: int, out: memoryview, piece_size: int = 0) -> Iterator[memoryview]:
-        """``read_into`` in ``read_piece_size`` pieces through one fd, yielding each filled piece (the
-        symlink check and open cost more than reading a megabyte, so they happen once per call)."""
+        """``read_into`` in pieces of at most ``read_piece_size`` through one fd, yielding each filled piece
+        (the symlink check and open cost more than reading a megabyte, so they happen once per call).
+
+        A piece size that is a whole number of pages is counted from the destination's address, not
+        from ``out``'s start: every piece but the first and last fills whole pieces of memory that start
+        at multiples of it. A restore reads into fresh memory, which the kernel zeroes when the copy
+        first touches each (2 MiB, huge) page: a piece that covers exactly one page has it zeroed and
+        then filled at once, where pieces straddling two pages left half of each for the next piece to
+        fill. The 10k-tensor 1 GiB warm restore, whose runs start anywhere in its arena, took 0.195 s
+        and 0.327 s of CPU that way against 0.206 s and 0.362 s (20 alternating repetitions)."""
         path = self._path(key)
         view = as_bytes_view(out)
-        step = piece_size or self.read_piece_size or len(view) or 1
+        size = len(view)
+        step = piece_size or self.read_piece_size or size or 1
+        stop = min(size, step)
+        if size > step and step % mmap.PAGESIZE == 0:
+            stop = step - ctypes.addressof(ctypes.c_char.from_buffer(view)) % step
         fd = self.open_for_read(key)
         try:
-            for start in range(0, len(view), step):
-                piece = view[start : start + step]
-                _fill(fd, piece, offset + start, offset + len(view), path)
+            start = 0
+            while start < size:
+                piece = view[start:stop]
+                _fill(fd, piece, offset + start, offset + size, path)
                 yield piece
+                start, stop = stop, min(size, stop + step)
         except OSError as e:
             raise self._error("read", key, e) from e
         finally:
