@@ -18,7 +18,15 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ckptstore.errors import AlreadyExists, NotFound, PreconditionFailed, StorageError, Unsupported
-from ckptstore.storage.interface import Buffer, ObjectInfo, PutMode, Storage, Version, read_in_pieces
+from ckptstore.storage.interface import (
+    Buffer,
+    ObjectInfo,
+    PutMode,
+    Storage,
+    Version,
+    read_in_pieces,
+    read_through_buffer,
+)
 
 
 class StorageContract:
@@ -302,6 +310,10 @@ class FaultInjectingStorage:
     def read_pieces(self, key: str, offset: int, out: memoryview, piece_size: int = 0) -> Iterator[memoryview]:
         # Each piece is a read_into call of this wrapper, so faults apply to (and calls record) every piece.
         return read_in_pieces(self, key, offset, out, piece_size)
+
+    def read_through(self, key: str, offset: int, nbytes: int, buffer: memoryview) -> Iterator[memoryview]:
+        # The same: every piece a read_into call of this wrapper (forwarded, in-place restores bypassed faults).
+        return read_through_buffer(self, key, offset, nbytes, buffer)
 
     def put(self, key: str, data: Buffer | Iterable[Buffer], mode: PutMode = "overwrite") -> ObjectInfo:
         if self._check("put", key):

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ckptstore import CheckpointStore, commit
+from ckptstore import CheckpointStore, commit, transfer
 from ckptstore.errors import CkptStoreError, CommitError, FormatError, StorageError
 from ckptstore.format import LATEST_KEY, decode_latest, step_dir
 from ckptstore.policies import KeepMax
@@ -304,6 +304,23 @@ def test_a_fault_or_a_damaged_read_at_every_storage_call_of_restore(
             shutil.rmtree(root)
     print(f"restore, {mode}: {tally}")
     assert tally.failed > 0
+
+
+def test_a_fault_reaches_an_in_place_restore_through_its_scratch_buffer(tmp_path: Path) -> None:
+    """Arrays read into in place that are misaligned go through a scratch buffer (``read_through``):
+    the fault-injecting wrapper's own reads, so a fault there is raised, and a retry restores."""
+    storage = FaultInjectingStorage(LocalStorage(tmp_path / "m"))
+    store = CheckpointStore(storage=storage, workers=1)
+    saved = {"w": np.arange(3 << 20, dtype=np.float32)}  # 12 MiB: a large tensor
+    store.save(1, saved)
+    into = {"w": transfer.empty_aligned(((3 << 20) + 1,), np.dtype(np.float32))[1:]}  # 4 bytes off: misaligned
+    assert transfer._misaligned(into["w"], store.manifest(1).tensors["w"].chunks)
+    storage.fail_on(lambda method, key, index: method == "read_into" and "/shard-" in key)
+    with pytest.raises(StorageError, match="injected fault in read_into"):
+        store.restore(1, into=into)
+    storage.heal()
+    store.restore(1, into=into)
+    np.testing.assert_array_equal(into["w"], saved["w"])
 
 
 @pytest.fixture(scope="module")
