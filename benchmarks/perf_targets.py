@@ -632,17 +632,18 @@ def report(r: dict[str, Any], command: str, env: dict[str, Any]) -> str:
 ANALYSIS = """
 ## How ckptstore gets there
 
-(Written for the six 1 GiB runs of 2026-11-28 07:45 – 08:15 UTC (6 × 7 repetitions, load 1.1–1.7)
+(Written for the seven 1 GiB runs of 2026-11-28 09:33 – 10:23 UTC (7 × 7 repetitions, load 1.1–2.0)
 pooled in `results/perf_targets.md`, on the final code: manifest format 3.1 with XXH3-64 chunk and
 block checksums, 4 reader threads for files on the disk and 2 (the CPUs) for files in the page cache,
-2 MiB read pieces, destinations starting on huge-page boundaries, tensors under 4 MiB restored into
-one huge-page arena and their views made after the reads, in-place restores (`into=`), memory peaks
-read from the kernel's high-water mark. The background save is measured right after a simulated
-training step (below); every writer and reader, the many-small ones included, takes every position in
-the rotated order. "The 06:56 runs" are six runs of 06:56 – 07:29 UTC with the same code but the small
-tensors' views still made while the reads ran; "the 04:27 runs" are the seven runs before this
-session's changes (4 readers whether cached or not). Numbers come from these runs and from the
-separate interleaved measurements named.)
+2 MiB read pieces cut where the destination's huge pages start, destinations starting on huge-page
+boundaries, tensors under 4 MiB restored into one huge-page arena and their views made after the
+reads, in-place restores (`into=`), memory peaks read from the kernel's high-water mark. The
+background save is measured right after a simulated training step (below); every writer and reader,
+the many-small ones included, takes every position in the rotated order. "The old code at the same
+hour" is two runs of the previous commit (1 MiB pieces counted from each run's start) interleaved
+with the last two of these, 10:02 and 10:12 UTC; "the 07:45 pool" is six runs of that previous
+commit earlier the same day. Numbers come from these runs and from the separate interleaved
+measurements named.)
 
 - **Save**: one shard per worker thread (2 here), sized by the smallest target that yields no more shards
   than workers. Each thread streams its shard from the arrays' own memory in 8 MiB pieces, hashing each
@@ -669,7 +670,8 @@ separate interleaved measurements named.)
   piece cost 0.81x of the unverified read with crc32c and 0.93x with XXH3 (0.81x / 1.01x with 2 MiB
   pieces; 15 repetitions each).
 - **Restore**: large chunks are read through one fd per chunk in 2 MiB pieces straight into page-aligned
-  arrays, each piece hashed right after it lands; 4 reader threads (`read_workers`: this virtual disk's
+  arrays, each piece hashed right after it lands (pieces are cut where the destination's 2 MiB pages
+  start: see "Many small tensors, restore"); 4 reader threads (`read_workers`: this virtual disk's
   cold reads ran 1.4x faster with 4 requests in flight than with 2) when the files are on the disk, as
   many as there are CPUs (2) when they are all in the page cache (`mincore` on 16 pages of each file,
   ~0.1 ms): cached reads are memory copies, and 4 threads on 2 cores took turns and evicted each other's
@@ -695,9 +697,15 @@ separate interleaved measurements named.)
 - **Many small tensors, restore**: the manifest's columns give the small single-chunk tensors as numpy
   arrays; runs (neighbours in a shard, <= 16 MiB, no hole over 64 KiB) are found with `lexsort` and
   `searchsorted`, one Python step per run, so no per-tensor work happens before the first read. Each
-  run is read in 1 MiB pieces into the arena, as many runs at a time as there are readers. Names,
+  run is read into the arena in 2 MiB pieces cut where the arena's huge pages start, as many runs at a
+  time as there are readers. The kernel zeroes a fresh huge page when the copy first touches it: a
+  piece that fills exactly one page has it zeroed and filled at once, where the 1 MiB pieces counted
+  from each run's start (runs start anywhere in the arena) straddled pages and left half of each for
+  the next piece. The warm 10k-tensor restore took 0.194 s (0.327 s of CPU) that way against 0.203 s
+  (0.358 s); the large tensors, which start on 2 MiB boundaries anyway, 0.154 against 0.157 s (20
+  alternating repetitions in one process). Names,
   shapes and the returned views — one `ndarray` constructor each, ~5 ms for 10k — are made once the
-  reads are done. Made while the reads ran (until this session), that loop held the GIL which every
+  reads are done. Made while the reads ran (before commit d2fbf34), that loop held the GIL which every
   reader wanted back after each read and each hash: with 2 readers the warm 10k-tensor restore took
   0.209 s (0.362 s of CPU) that way and 0.195 s (0.340 s) this way (16 alternating repetitions in one
   process); with 4 readers an earlier probe had found no difference.
@@ -770,71 +778,71 @@ separate interleaved measurements named.)
 
 ## Targets not met, by how much and why
 
-- **Many small tensors, warm restore** 0.68x pooled of the large-tensor warm restore (runs 0.70x /
-  0.70x / 0.60x / 0.68x / 0.70x / 0.63x, ratio of the medians 0.68x; target 0.8x; the 06:56 runs:
-  0.66x; the 04:27 runs: 0.73x). The 10k-tensor restore itself got faster — 0.20-0.24 s per GiB in
-  these runs against 0.20-0.27 s in the 04:27 runs — but the large-tensor restore it is measured
-  against got faster still (0.13-0.16 s against 0.16-0.19 s) once cached reads ran 2 readers. What
-  the small restore does beyond the large one, measured this session:
-  - Unverified, in one process alternating the two: 0.183-0.187 s against 0.142-0.167 s; verified,
-    0.195-0.238 s against 0.160-0.181 s (2-16 alternating repetitions per probe). So both the reading
-    and the checking cost the small tensors more.
-  - By perf (warm restores of both checkpoints in a steady process, and inside this benchmark's own
-    process): per GiB, the kernel's zeroing of the fresh arena pages took 16-38 ms more and its copying
-    from the page cache 13-38 ms more than for the large tensors' fresh arrays, Python 8-15 ms more,
-    lock and task switching ~10 ms more. Which physical pages a restore gets, and whether this VM's
-    host still backs them (see "This VM's memory"), decides the zeroing; faulting 1 GiB in as one
-    mapping or as the large model's 215 measured the same (0.118 against 0.124 s).
-  - Not the page cache's folio sizes: after a cold restore the small checkpoint's files were 37-41% 4 KiB
-    folios (the large one's 9-12%), but re-reading them sequentially (88% 2 MiB folios) left the warm
-    small restore where it was (0.217-0.227 s against 0.212-0.225 s).
-  - Not the read size: runs read in 512 KiB, 1, 2 or 4 MiB pieces, with 2 or 4 readers, measured the
-    same (0.195-0.212 s).
-  - The earlier report that a process doing nothing but restores measures 0.83-0.95x was not
-    reproduced: this session's probes gave 0.72-0.82x; the large restore moved 0.15-0.19 s between
-    probe processes, and that made the difference.
-- **Cold restore** 0.86x pooled of the best raw cold reader (runs 0.80x-1.19x; ratio of the medians
-  0.87x; target 0.9x); 0.90x in the 06:56 runs and 0.85x in the 04:27 runs. The reads are the same as
-  the 4-thread raw reader's: 4 requests in flight on the same files in 2 MiB pieces, a `mincore`
-  probe of 16 pages per file first (~0.1 ms; no read-ahead). Both wait for the same shared virtual
-  disk, whose cold throughput moved 0.49-2.21 s per GiB for the raw reader and 0.56-1.95 s for
-  ckptstore between repetitions here. Read-ahead hints (`POSIX_FADV_WILLNEED` on each chunk, or 16 MiB
-  ahead of each piece) made ckptstore's cold reads slower (7 interleaved repetitions). Met in two
-  pools of runs (the 02:11 runs 0.95x, the 06:56 runs 0.90x), missed in two (0.85x, 0.86x).
-- **Many small tensors, cold restore** 0.78x pooled of the large-tensor cold restore (runs 0.76x-0.86x,
-  ratio of the medians 0.82x; target 0.8x); 0.88x in the 06:56 runs, 0.94x in the 04:27 runs. The
-  small checkpoint's runs are ≤16 MiB reads, each through a new fd, so the kernel's read-ahead starts
-  afresh for each (and reads its first pages into 4 KiB folios, above); disk noise is as for the cold
-  restore.
+- **Warm restore** 0.78x pooled of the raw reader (runs 0.79x / 0.78x / 0.75x / 0.70x / 0.76x / 0.81x /
+  0.83x; ratio of the medians 0.78x; target 0.8x): ckptstore 0.16 s per GiB against the raw reader's
+  0.12 s. The old code at the same hour measured 0.75x (runs 0.81x, 0.73x); the 07:45 pool 0.81x. The
+  change between them touches the large tensors' reads only at chunk ends (they start on 2 MiB
+  boundaries already; in one process, 20 alternating repetitions: 0.154 against 0.157 s), so this is
+  the machine moving, on a target met by a thin margin at best. What is left is checking the bytes:
+  unverified restores ran 0.80-0.94x of the raw reader in interleaved probes; hashing pieces right
+  after `preadv` filled them costs, on one thread, 29-31 ms per GiB with 1 MiB pieces, 36-44 with
+  2 MiB, 53-62 with 8 MiB; python-xxhash runs at 48 GB/s per core on cached 1 MiB pieces here, so
+  there is little left to take from the hash itself. Measured and no better within noise: read
+  pieces of 512 KiB, 1 MiB and 2 MiB; 3 or 6 readers; the small-tensor checks through ctypes (with or
+  without the GIL); runs of small tensors first; reading into a memfd with `sendfile` (no zeroing of
+  fresh pages, but 2.5x slower).
+- **Many small tensors, warm restore** 0.71x pooled of the large-tensor warm restore (runs 0.82x / 0.74x /
+  0.68x / 0.77x / 0.69x / 0.63x / 0.72x; ratio of the medians 0.74x; target 0.8x; the old code at the
+  same hour 0.73x, the 07:45 pool 0.68x): 0.22 s per GiB against 0.16 s. What the small restore pays
+  beyond the large one, measured on 2026-11-28:
+  - The page cache it reads from. This benchmark's warm restores follow its cold ones, and
+    ckptstore's cold restore opens a file for every 16 MiB run of small tensors: the kernel's
+    read-ahead starts each open with 4 KiB page-cache pages and makes each window's pages 4x bigger,
+    up to 2 MiB, so the small checkpoint's files end up 100% in pages under 2 MiB (41-42% 4 KiB)
+    against 60-64% for the large one's 64 MiB chunks. One thread copying a file into warm memory took
+    0.151-0.176 s per GiB from the small files then, 0.142 s from the large ones, and 0.130-0.145 s from
+    either after one sequential re-read had put them in 2 MiB pages. In one process alternating the
+    two restores, the ratio was 0.68-0.70x after a ckptstore cold restore and 0.75-0.79x after the
+    sequential re-read. (This corrects the 07:45 analysis, which found no difference from one re-read.)
+  - Reading each shard as a few long streams instead (each shard's reads, in file order, cut into
+    `read_workers` sections, one open file each, as the raw reader does) left 86% of both checkpoints in
+    2 MiB pages; the warm restores after it took 0.144-0.151 s (large) and 0.186-0.204 s (small)
+    against 0.161-0.196 and 0.214-0.297 s, 0.76-0.83x. But the cold restores themselves were slower in
+    median in 4 of 5 interleaved experiments (the large model: 1.57 against 1.35 s over 16
+    repetitions), their slow runs spending 2-4 s of system time in first touches of memory (see "This
+    VM's memory"). A job's restore is usually cold, so that change is not merged (branch
+    `shard-streams`). Runs of 64 MiB instead of 16 MiB (40% 2 MiB pages) measured the same cold and
+    inconclusive warm.
+  - Python, ~20 ms per restore of 10k tensors with nothing read: manifest read and decode 4.6 ms,
+    planning the runs 2.7 ms, the 10k views ~8-12 ms, shard checks 1.3 ms.
+  - 2% more bytes: the small tensors' alignment padding, read with them (the arena is 1043 MiB for
+    1024 MiB of tensors).
 
 ## Met, with the margin
 
-- **Warm restore** 0.81x pooled of the raw reader (runs 0.81x / 0.81x / 0.88x / 0.75x / 0.85x / 0.78x;
-  ratio of the medians 0.82x; the 06:56 runs 0.82x; the 04:27 runs, with 4 readers when cached:
-  0.76x): ckptstore 0.15 s per GiB against the raw reader's 0.12 s. The margin is thin: what is left
-  is checking the bytes. Unverified restores ran 0.80-0.94x of the raw reader in interleaved probes;
-  hashing pieces right after `preadv` filled them costs, on one thread, 29-31 ms per GiB with 1 MiB
-  pieces, 36-44 with 2 MiB, 53-62 with 8 MiB; python-xxhash runs at 48 GB/s per core on cached 1 MiB
-  pieces here, so there is little left to take from the hash itself. Measured and no better within
-  noise: read pieces of 512 KiB, 1 MiB and 2 MiB; 3 or 6 readers; the small-tensor checks through
-  ctypes (with or without the GIL); runs of small tensors first; reading into a memfd with
-  `sendfile` (no zeroing of fresh pages, but 2.5x slower).
-- **Durable save** 1.00x pooled of the best raw writer (runs 0.91x-1.25x; the 04:27 runs: 0.97x).
-- **Many small tensors, save** 0.84x pooled of the large-tensor save (runs 0.76x-0.89x; ratio of the
-  medians 0.81x; the 06:56 runs 0.81x; the 04:27 runs, before the save's preparation was trimmed:
-  0.79x). What the 10k-tensor save does beyond the large one, measured on tmpfs (no disk): 0.49-0.56 s
-  against 0.35-0.40 s: ~45 ms of preparation (above), 30-40 ms of CPU block hashing, and streaming
-  (copying the tensors under 256 KiB, about half the bytes, into glued buffers, a checksum call per
-  tensor, and ~4,200 writes instead of ~360).
+- **Durable save** 0.98x pooled of the best raw writer (runs 0.85x-1.19x; the 07:45 pool: 1.00x).
+- **Cold restore** 0.97x pooled of the best raw cold reader (runs 0.84x-1.40x; ratio of the medians
+  1.11x; against the faster of the two raw readers in each repetition 0.94x); the 07:45 pool measured
+  0.86x, and earlier pools 0.85-0.95x with the same reads. Both sides wait for the same shared
+  virtual disk and this VM's memory: 0.54-1.99 s per GiB for ckptstore, 0.51-1.98 s for the 4-thread
+  raw reader between repetitions here. Read-ahead hints (`POSIX_FADV_WILLNEED` on each chunk, or 16 MiB
+  ahead of each piece) made ckptstore's cold reads slower (7 interleaved repetitions).
+- **Many small tensors, cold restore** 0.87x pooled of the large-tensor cold restore (runs 0.69x-1.09x;
+  the 07:45 pool 0.78x, the old code at the same hour 0.79x): the same disk noise.
+- **Many small tensors, save** 0.81x pooled of the large-tensor save (runs 0.69x-0.92x; the 07:45 pool
+  0.84x) — a thin margin. What the 10k-tensor save does beyond the large one, measured on tmpfs (no
+  disk): 0.49-0.56 s against 0.35-0.40 s: ~45 ms of preparation (above), 30-40 ms of CPU block
+  hashing, and streaming (copying the tensors under 256 KiB, about half the bytes, into glued
+  buffers, a checksum call per tensor, and ~4,200 writes instead of ~360).
 - **Ahead of every peer**: in the peer benchmark's own run (`results/peers-local-1024MiB.md`,
   2026-11-28 03:27 UTC, format 3.1, 3 repetitions) ckptstore saved at 1335 MB/s (1.58x naive) against
   torch DCP 986 (1.17x) and safetensors 876 (1.04x); in the run of 2026-11-27 17:44 (format 3.0), 1229
-  against 1128 and 943. On this script's naive yardstick: 1.74x naive pooled (runs 1.38x-1.86x)
+  against 1128 and 943. On this script's naive yardstick: 1.85x naive pooled (runs 1.12x-2.09x)
   against the notes' DCP 1.57x, safetensors 1.45x — a small margin against this disk's noise.
-- **Background save** blocks the caller 0.109 s/GB pooled (target <= 0.15; the 04:27 runs: 0.133),
-  measured after a training step as described above; 0.67x the time of a one-thread memcpy. The first
-  save of a store: 1.49 s/GB with fresh staging memory, 0.100 s/GB after `reserve_staging`.
-- Memory (save 0.002x, restore 1.001x), manifest encode + decode (6.1 ms), latest() (one read with 1000
+- **Background save** blocks the caller 0.126 s/GB pooled (target <= 0.15; the 07:45 pool: 0.109),
+  measured after a training step as described above; 0.70x the time of a one-thread memcpy. The first
+  save of a store: 1.35 s/GB with fresh staging memory, 0.093 s/GB after `reserve_staging`.
+- Memory (save 0.002x, restore 1.001x), manifest encode + decode (6.8 ms), latest() (one read with 1000
   checkpoints) and staging memory (1.0004x, reused) are met with margin.
 
 Per-repetition ratios spread 2-3x on this shared 2-core machine; re-run on a quiet machine before
