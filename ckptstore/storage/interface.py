@@ -142,8 +142,8 @@ class StorageBase:
         ``read_piece_size``; one call when both are 0), yielding each filled piece of ``out`` as it lands
         — so the caller checksums it while it is in cache. Where the pieces are cut is the backend's
         choice (``LocalStorage`` cuts them where the destination's pages start); callers use each
-        piece's length. Optional: restores fall back to this loop of ``read_into`` calls; a backend overrides it to
-        keep one handle open for all the pieces."""
+        piece's length. Optional: restores fall back to this loop of ``read_into`` calls; a backend
+        overrides it to keep one handle open for all the pieces."""
         return read_in_pieces(self, key, offset, out, piece_size)
 
     def read_through(self, key: str, offset: int, nbytes: int, buffer: memoryview) -> Iterator[memoryview]:

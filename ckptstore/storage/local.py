@@ -200,8 +200,8 @@ class LocalStorage(StorageBase):
         at multiples of it. A restore reads into fresh memory, which the kernel zeroes when the copy
         first touches each (2 MiB, huge) page: a piece that covers exactly one page has it zeroed and
         then filled at once, where pieces straddling two pages left half of each for the next piece to
-        fill. The 10k-tensor 1 GiB warm restore, whose runs start anywhere in its arena, took 0.195 s
-        and 0.327 s of CPU that way against 0.206 s and 0.362 s (20 alternating repetitions)."""
+        fill. The 10k-tensor 1 GiB warm restore, whose runs start anywhere in its arena, took 0.194 s
+        and 0.327 s of CPU that way against 0.203 s and 0.358 s (20 alternating repetitions)."""
         path = self._path(key)
         view = as_bytes_view(out)
         size = len(view)
