@@ -765,12 +765,11 @@ class CheckpointStore:
             if self._background is None:
                 self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptstore-save")
             future = submit(  # in this context: the background write's retries count for this save
-                self._background, self._write_and_commit,
+                self._background, self._write_in_background,
                 step, {}, specs, scalars, metadata, plan, overwrite, buffers, started, blocked, retried,
             )
             handle = SaveHandle(step, future, blocked)
             self._pending = handle
-            future.add_done_callback(lambda f: self._log_background_failure(step, f))
             log.debug("step %d snapshotted in %.3f s; writing in the background", step, blocked)
             return handle
 
@@ -821,11 +820,17 @@ class CheckpointStore:
         finally:
             self._pending = None
 
-    def _log_background_failure(self, step: int, future: Future[CheckpointInfo]) -> None:
-        error = future.exception()
-        if error is not None:
-            # Never silent, even if nobody calls wait(): the next save will also raise it.
+    def _write_in_background(self, step: int, *args: Any) -> CheckpointInfo:
+        """``_write_and_commit`` on the background thread, logging a failure before anyone can collect it.
+
+        Never silent, even if nobody calls wait(); the next save also raises it. Logged here rather than
+        in a done-callback, which runs after waiters wake, so a caller could see the error before the log.
+        """
+        try:
+            return self._write_and_commit(step, *args)
+        except BaseException as error:
             log.error("%s: background save of step %d failed: %s", self._storage.url, step, error)
+            raise
 
     def _plan(self, sizes: Sequence[tuple[str, int]]) -> LayoutPlan:
         """A layout with about one equally sized shard per worker (``plan_balanced``)."""
