@@ -1,10 +1,11 @@
 """One Lightning DDP run on the CPU, as a user launches it: ``python lightning_ddp.py OUT MAX_STEPS [CKPT_NAME]``.
 
 Lightning's ``ddp`` strategy starts the other rank by running this script again (``LOCAL_RANK=1``); the
-two ranks train ``TinyModule`` over gloo with checkpoints through ``CkptStoreCheckpointIO`` into
-``OUT/model_dir`` (every 2 steps and ``last.ckpt``), resuming from ``CKPT_NAME`` when given. ``torch.save``
-raises in both ranks (nothing may be pickled). Each rank then writes ``OUT/rank<r>-<MAX_STEPS>.json``:
-the step it started from and its final weights, for the test to compare with the checkpoints.
+two ranks train the tests' ``TinyModule`` (``lightning_module.py``) over gloo, with checkpoints through
+``CkptStoreCheckpointIO`` into ``OUT/model_dir`` (every 2 steps, and ``last.ckpt``), resuming from
+``CKPT_NAME`` when given. ``torch.save`` raises in both ranks (nothing may be pickled). Each rank then
+writes ``OUT/rank<r>-<MAX_STEPS>.json``: the step it started from and its final weights, for the test to
+compare with the checkpoints.
 """
 
 from __future__ import annotations
@@ -18,28 +19,8 @@ import pytorch_lightning as pl
 import torch
 from ckptstore_torch.lightning import CkptStoreCheckpointIO
 
-
-class TinyModule(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)  # the same initial weights in both ranks, as DDP would broadcast anyway
-        self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
-        self.started_at = -1
-
-    def on_train_start(self) -> None:
-        self.started_at = self.trainer.global_step
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        return torch.nn.functional.mse_loss(self.net(x), y)
-
-    def configure_optimizers(self) -> Any:
-        return torch.optim.Adam(self.parameters(), lr=1e-2)
-
-    def train_dataloader(self) -> Any:
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(32, 4, generator=g)  # split between the ranks by Lightning's DistributedSampler
-        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' own module
+from lightning_module import TinyModule  # noqa: E402
 
 
 def main(out: Path, max_steps: int, resume: str | None) -> None:
