@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from ckptstore_torch.lightning import CkptStoreCheckpointIO  # noqa: E402
 from lightning_module import TinyModule  # noqa: E402
 
 
-def trainer(tmp_path: Any, io: CkptStoreCheckpointIO, max_steps: int) -> Any:
+def trainer(tmp_path: Any, io: Any, max_steps: int) -> Any:
     checkpoints = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpts", every_n_train_steps=2, save_top_k=-1,
                                                save_last=True)
     return pl.Trainer(
@@ -69,6 +70,25 @@ def test_values_that_would_need_pickle_are_refused(local_dir: ModelDir) -> None:
     io = CkptStoreCheckpointIO(local_dir.url)
     with pytest.raises(TypeError, match="cannot be stored without pickle"):
         io.save_checkpoint({"global_step": 1, "hyper_parameters": {"fn": print}}, "x.ckpt")
+
+
+def test_lightnings_async_wrapper_saves_through_the_plugin_in_the_background(local_dir: ModelDir) -> None:
+    from pytorch_lightning.plugins.io import AsyncCheckpointIO
+
+    saved_on: list[str] = []
+
+    class Recording(CkptStoreCheckpointIO):
+        def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+            saved_on.append(threading.current_thread().name)
+            super().save_checkpoint(*args, **kwargs)
+
+    module = TinyModule()
+    trainer(Path(local_dir.url).parent, AsyncCheckpointIO(Recording(local_dir.url)), 4).fit(module)
+    assert saved_on and threading.main_thread().name not in saved_on  # every save ran off the training thread
+    io = CkptStoreCheckpointIO(local_dir.url)
+    assert sorted(p.name for p in Path(local_dir.url).iterdir()) == ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt", "last.ckpt"]
+    loaded = io.load_checkpoint("last.ckpt")  # fit returned after the wrapper's last save had finished
+    assert loaded["global_step"] == 4 and torch.equal(loaded["state_dict"]["net.0.weight"], module.net[0].weight.detach())
 
 
 def test_a_save_replaces_what_its_name_held_even_an_older_step(local_dir: ModelDir) -> None:
