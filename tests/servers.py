@@ -172,6 +172,7 @@ class SeaweedServer(S3Server):
     """SeaweedFS ``weed mini`` (master + volume + filer + S3 gateway) storing on disk in ``workdir``."""
 
     name: str = "seaweedfs"
+    _tmp_sockets: list[Path] = field(default_factory=list, repr=False)
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         exe = _find_executable("weed")
@@ -183,13 +184,23 @@ class SeaweedServer(S3Server):
             "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
             "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc")}
         self.endpoint = f"http://{HOST}:{ports['s3.port']}"
-        argv = [exe, "mini", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}", "-master.telemetry=false",
-                "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        # Its logs and the unix sockets it has flags for go in the workdir (by default /tmp, where they
+        # were left behind after every run); the two gRPC sockets it always makes in /tmp, stop() removes.
+        self._tmp_sockets = [Path(f"/tmp/seaweedfs-{name}-grpc-{ports[f'{name}.port.grpc']}.sock")
+                             for name in ("master", "volume")]
+        argv = [exe, f"-logdir={self.workdir}", "mini", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}",
+                "-master.telemetry=false", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
                 # Like AWS: a put into a missing bucket must fail, not conjure the bucket.
-                "-s3.autoCreateBucket=false", f"-bucket={self.bucket}"]
+                "-s3.autoCreateBucket=false", f"-bucket={self.bucket}",
+                f"-s3.localSocket={self.workdir / 's3.sock'}", f"-filer.localSocket={self.workdir / 'filer.sock'}"]
         argv += [f"-{name}={port}" for name, port in ports.items()]
         # weed mini takes its S3 identity from these variables.
         return argv, {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
+
+    def stop(self) -> None:
+        super().stop()
+        for path in self._tmp_sockets:
+            path.unlink(missing_ok=True)
 
     def ready(self) -> bool:
         # The gateway answers before the filer and bucket are ready; probe the bucket itself.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 
 import numpy as np
 import pytest
@@ -464,10 +465,11 @@ def test_invalid_store_arguments(tmp_path):
         CheckpointStore(tmp_path, max_shard_size=10)
 
 
-def test_no_model_dir_uses_a_reported_temp_dir(caplog):
+def test_no_model_dir_uses_a_reported_temp_dir(caplog, monkeypatch, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the default lands where pytest cleans up
     with caplog.at_level(logging.WARNING, "ckptstore"):
         store = CheckpointStore()
-    assert store.model_dir.startswith("/") and "ckptstore-" in store.model_dir
+    assert store.model_dir.startswith(f"{tmp_path}/ckptstore-")
     assert f"Using temporary folder as model directory: {store.model_dir}" in caplog.text
     store.save(1, {"w": np.zeros(2)})
     assert CheckpointStore(store.model_dir).latest().step == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,11 +45,14 @@ def moto_server() -> Iterator[Any]:
 
 
 @pytest.fixture(params=["local", "s3"])
-def model_dir(request: pytest.FixtureRequest, tmp_path: Path) -> ModelDir:
+def model_dir(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModelDir:
     """A fresh model_dir on local disk, then on S3 (moto)."""
     if request.param == "local":
         return ModelDir("local", str(tmp_path / "models" / "iris"))
     server = request.getfixturevalue("moto_server")
+    # For a remote model_dir, Estimator's event files go to a fresh local temporary directory: make it
+    # one pytest cleans up.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     return ModelDir("s3", f"s3://{server.bucket}/models/iris-{uuid.uuid4().hex[:8]}", server.storage_options)
 
 

@@ -184,13 +184,14 @@ def test_listener_stops_training_from_after_save(tmp_path: Any, iris: Any) -> No
 
 
 def test_no_model_dir_uses_a_reported_temporary_directory(
-    iris: Any, caplog: pytest.LogCaptureFixture
+    iris: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the default lands where pytest cleans up
     with caplog.at_level(logging.WARNING):
         clf = cst.estimator(
             tf.estimator.DNNClassifier, feature_columns=feature_columns(), hidden_units=[10, 10], n_classes=3
         )
-    assert clf.model_dir.startswith(tempfile.gettempdir())
+    assert clf.model_dir.startswith(f"{tmp_path}/ckptstore-")
     assert any(clf.model_dir in record.getMessage() for record in caplog.records)
     # Estimator writes its event files to the same local directory, as it would on its own.
     assert clf.estimator.model_dir == clf.model_dir
