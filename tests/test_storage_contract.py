@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import textwrap
 import uuid
 
+import numpy as np
 import pytest
 
+from ckptstore import CheckpointStore
 from ckptstore.errors import NotFound, PluginError, StorageError
 from ckptstore.storage import open_storage
 from ckptstore.storage.fsspec import FsspecStorage
@@ -95,6 +99,50 @@ def test_local_temp_files_of_interrupted_puts_are_listed(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / ".tmp-x.123").write_bytes(b"partial")
     assert [o.key for o in s.list()] == ["d/.tmp-x.123"]
+
+
+# Read-modify-write of a counter by compare-and-swap, retried until it lands: a lost update (two writers
+# let through the key's lock at once, both swapping from the same version) leaves the count short.
+_INCREMENTER = textwrap.dedent("""
+    import sys
+    from ckptstore.errors import PreconditionFailed
+    from ckptstore.storage.local import LocalStorage
+
+    s = LocalStorage(sys.argv[1], fsync=False)
+    for _ in range(int(sys.argv[2])):
+        while True:
+            version = s.head("counter").version
+            value = int(s.get("counter"))
+            try:
+                s.put("counter", str(value + 1).encode(), mode=version)
+                break
+            except PreconditionFailed:
+                continue
+""")
+
+
+def test_local_compare_and_swap_loses_no_update_between_processes(tmp_path):
+    """Processes hammering one key: every increment lands exactly once, though the lock file comes and goes
+    (each holder unlinks it; a waiter granted the lock of an unlinked file must start again)."""
+    LocalStorage(tmp_path).put("counter", b"0")
+    processes, rounds = 4, 400
+    children = [
+        subprocess.Popen([sys.executable, "-c", _INCREMENTER, str(tmp_path), str(rounds)]) for _ in range(processes)
+    ]
+    assert [c.wait(timeout=120) for c in children] == [0] * processes
+    assert int(LocalStorage(tmp_path).get("counter")) == processes * rounds
+    assert os.listdir(tmp_path / ".locks") == []
+
+
+def test_local_lock_files_do_not_pile_up(tmp_path):
+    """A lock file lives only while its key is locked: replacing a step's manifest (``overwrite=True``) and
+    moving LATEST leave none behind, however many steps were locked."""
+    store = CheckpointStore(tmp_path)
+    for step in range(3):
+        store.save(step, {"w": np.full(4, step, np.float32)})
+        store.save(step, {"w": np.full(4, step + 10, np.float32)}, overwrite=True)
+    assert store.restore(2)["w"][0] == 12
+    assert os.listdir(tmp_path / ".locks") == []
 
 
 def test_missing_optional_dependency_names_the_extra(monkeypatch):

@@ -5,7 +5,7 @@ in the destination directory, fsyncs it, then publishes it in one step — ``os.
 and compare-and-swap, ``os.link`` for create-only (``link`` fails if the name exists, so exactly one of
 several racing creators wins with a complete file) — and fsyncs the directory so the new name survives
 a power cut. Compare-and-swap serialises writers of one key through an ``flock`` on a sidecar lock file
-in a hidden ``.locks`` directory; the version token is inode + mtime + size, which changes on every
+in a hidden ``.locks`` directory (there only while it is held or waited for); the version token is inode + mtime + size, which changes on every
 publish because every publish is a new inode.
 """
 
@@ -160,13 +160,37 @@ class LocalStorage(StorageBase):
 
     @contextmanager
     def _key_lock(self, key: str):
+        """Hold the lock of ``key``: an ``flock`` on ``.locks/<key>.lock``, a file that exists only while
+        somebody holds or waits for it (one per key ever locked would pile up: a manifest replaced by
+        ``overwrite=True`` locks its own key).
+
+        The holder unlinks the file before it lets go, so a waiter that opened it earlier may be granted
+        the lock of a file no longer there while a newcomer locks a new file under that name. Whoever gets
+        an ``flock`` therefore checks that its fd is still the file at the path, and starts again if not:
+        the file at the path changes only when its holder unlinks it, so at most one process holds it."""
         lock_path = self.root / _LOCK_DIR / (key.replace("/", "%") + ".lock")
         lock_path.parent.mkdir(exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        while True:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                current = os.stat(lock_path)
+            except FileNotFoundError:  # unlinked by the holder we waited for
+                os.close(fd)
+                continue
+            except BaseException:
+                os.close(fd)
+                raise
+            if os.path.samestat(os.fstat(fd), current):
+                break
+            os.close(fd)  # a newer lock file is at the path: lock that one
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
+            try:
+                lock_path.unlink()
+            except OSError:  # gone already, or not ours to remove: a lock file left behind is harmless
+                pass
             os.close(fd)  # closing releases the flock
 
     # -- contract ------------------------------------------------------------------------------
