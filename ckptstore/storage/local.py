@@ -167,7 +167,9 @@ class LocalStorage(StorageBase):
         The holder unlinks the file before it lets go, so a waiter that opened it earlier may be granted
         the lock of a file no longer there while a newcomer locks a new file under that name. Whoever gets
         an ``flock`` therefore checks that its fd is still the file at the path, and starts again if not:
-        the file at the path changes only when its holder unlinks it, so at most one process holds it."""
+        the file at the path changes only when its holder unlinks it, so at most one process holds it.
+        (Earlier builds of 0.1.0, before commit 3666283, kept lock files and did not re-check: a writer of
+        such a build and one of this code must not write one model_dir at the same time.)"""
         lock_path = self.root / _LOCK_DIR / (key.replace("/", "%") + ".lock")
         lock_path.parent.mkdir(exist_ok=True)
         while True:
