@@ -5,8 +5,8 @@ in the destination directory, fsyncs it, then publishes it in one step — ``os.
 and compare-and-swap, ``os.link`` for create-only (``link`` fails if the name exists, so exactly one of
 several racing creators wins with a complete file) — and fsyncs the directory so the new name survives
 a power cut. Compare-and-swap serialises writers of one key through an ``flock`` on a sidecar lock file
-in a hidden ``.locks`` directory (there only while it is held or waited for); the version token is inode + mtime + size, which changes on every
-publish because every publish is a new inode.
+in a hidden ``.locks`` directory (there only while it is held or waited for); the version token is
+inode + mtime + size, which changes on every publish because every publish is a new inode.
 """
 
 from __future__ import annotations
