@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
@@ -143,6 +144,56 @@ def test_local_lock_files_do_not_pile_up(tmp_path):
         store.save(step, {"w": np.full(4, step + 10, np.float32)}, overwrite=True)
     assert store.restore(2)["w"][0] == 12
     assert os.listdir(tmp_path / ".locks") == []
+
+
+class _CacheStat(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_uint64) for f in ("cache", "dirty", "writeback", "evicted", "recently_evicted")]
+
+
+def _dirty_pages(path, nbytes):
+    """Dirty page-cache pages of the first ``nbytes`` of ``path`` (Linux 6.5+ ``cachestat``), None where the
+    kernel cannot say."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    span = (ctypes.c_uint64 * 2)(0, nbytes)
+    stat = _CacheStat()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.syscall(451, fd, ctypes.byref(span), ctypes.byref(stat), 0) != 0:  # 451: cachestat
+            return None
+    finally:
+        os.close(fd)
+    return stat.dirty
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range and cachestat are Linux calls")
+@pytest.mark.parametrize("window", [4 << 20, 0])
+def test_local_put_starts_writeback_while_it_writes(tmp_path, monkeypatch, window):
+    """A durable put asks the kernel to write each window to disk once it is written, not all at the final
+    fsync: the bytes a put has written so far are no longer dirty (being written, or written) while it
+    still writes. With the window at 0 they stay dirty until the fsync, unless the kernel flushed them on
+    its own (another job's writes passing the dirty threshold): then this machine cannot tell, and the
+    case is skipped rather than passed."""
+    monkeypatch.setattr(LocalStorage, "writeback_window", window)
+    s = LocalStorage(tmp_path)
+    piece = os.urandom(4 << 20)
+    seen = []
+
+    def pieces():
+        for i in range(4):
+            if i == 3:  # 12 MiB written: look at them from the outside while the put waits for more
+                (tmp,) = (p for p in os.listdir(tmp_path) if p.startswith(".tmp-x.bin."))
+                seen.append(_dirty_pages(tmp_path / tmp, 12 << 20))
+            yield piece
+
+    s.put("x.bin", pieces())
+    assert s.get("x.bin") == piece * 4
+    if seen[0] is None or _dirty_pages(tmp_path / "x.bin", 16 << 20) != 0:
+        pytest.skip("no cachestat, or a filesystem whose fsync leaves pages dirty (tmpfs): nothing to see")
+    pages = (12 << 20) // os.sysconf("SC_PAGE_SIZE")
+    if window:
+        assert seen[0] <= pages // 4, f"{seen[0]} of {pages} pages still dirty: writeback did not start"
+    elif seen[0] < pages:
+        pytest.skip(f"the kernel flushed {pages - seen[0]} pages on its own: the control tells nothing")
 
 
 def test_missing_optional_dependency_names_the_extra(monkeypatch):
