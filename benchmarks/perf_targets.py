@@ -304,6 +304,7 @@ def run(base: Path, total: int, repeat: int, small_count: int) -> dict[str, Any]
         small_store = CheckpointStore(rep_dir / "small", workers=2, read_workers=READ_WORKERS)
         plan = store._plan([(n, a.nbytes) for n, a in model.items()])
         raw = RawBaseline(str(rep_dir / "raw"))
+        raw_wb = RawBaseline(str(rep_dir / "raw-wb"), writeback=True)
         naive_root = rep_dir / "naive"
         # -- durable save ------------------------------------------------------------------
         # Every writer, the many-small save included, takes every position in turn: a save that always
@@ -311,6 +312,7 @@ def run(base: Path, total: int, repeat: int, small_count: int) -> dict[str, Any]
         saves: list[tuple[str, Callable[[], Any]]] = [
             ("save/ckptstore", lambda: store.save(1, model)),
             ("save/raw", lambda: raw.save(model, plan, 2)),
+            ("save/raw-wb", lambda: raw_wb.save(model, plan, 2)),
             ("save/naive", lambda: naive_save(naive_root, model)),
             ("save/small", lambda: small_store.save(1, small)),
         ]
@@ -429,6 +431,7 @@ def run(base: Path, total: int, repeat: int, small_count: int) -> dict[str, Any]
         store.close()
         small_store.close()
         raw.close()
+        raw_wb.close()
         shutil.rmtree(rep_dir, ignore_errors=True)
         print(f"repetition {rep + 1}/{repeat} done (load {loadavg()})", file=sys.stderr, flush=True)
     async_store.close()
@@ -520,7 +523,8 @@ def report(r: dict[str, Any], command: str, env: dict[str, Any]) -> str:
     def show(r: tuple[float, float, float]) -> str:
         return f"{r[1]:.2f}× (ratio of medians {r[0]:.2f}×, of best runs {r[2]:.2f}×)"
 
-    save_r = ratio("save/raw", "save/ckptstore")
+    save_base = save_baseline(runs)
+    save_r = ratio(save_base, "save/ckptstore")
     warm_r = ratio("warm/raw", "warm/ckptstore")
     cold_base = cold_baseline(runs)
     cold_r = ratio(cold_base, "cold/ckptstore")
@@ -532,6 +536,12 @@ def report(r: dict[str, Any], command: str, env: dict[str, Any]) -> str:
         cold_readers = (f", {threads[cold_base]} threads (lower median than {threads[other]} threads' "
                         f"{med[other]:.2f} s); against the faster of the two in each repetition, a best-of-two "
                         f"draw no single reader makes: {ratio('cold/raw-best', 'cold/ckptstore')[1]:.2f}×")
+    save_writers = ""
+    if "save/raw-wb" in runs:
+        other = "save/raw" if save_base == "save/raw-wb" else "save/raw-wb"
+        how = {"save/raw": "plain writes", "save/raw-wb": "writeback started every 8 MiB"}
+        save_writers = (f", {how[save_base]}; lower median than {how[other]}' {med[other]:.2f} s, "
+                        f"{ratio(other, 'save/ckptstore')[1]:.2f}×")
     save_naive = ratio("save/naive", "save/ckptstore")[1]
     warm_naive = ratio("warm/naive", "warm/ckptstore")[1]
     small_save_r = ratio("save/ckptstore", "save/small", ns / n)
@@ -578,8 +588,8 @@ def report(r: dict[str, Any], command: str, env: dict[str, Any]) -> str:
         "| target | ckptstore | baseline (same run) | ratio | target | |",
         "|---|---|---|---|---|---|",
         f"| durable save, local disk | {med['save/ckptstore']:.2f} s = {tp('save/ckptstore')} | best raw writer "
-        f"(2 files × 2 threads, fsync) {med['save/raw']:.2f} s = {tp('save/raw')} | {show(save_r)} | ≥ 0.9× | "
-        f"{ok_runs(save_ratio, 0.9, 'save/raw', 'save/ckptstore')} |",
+        f"(2 files × 2 threads, fsync{save_writers}) {med[save_base]:.2f} s = {tp(save_base)} | {show(save_r)} | ≥ 0.9× | "
+        f"{ok_runs(save_ratio, 0.9, save_base, 'save/ckptstore')} |",
         f"| … vs naive (peer yardstick) | {save_naive:.2f}× naive | naive one-file-per-tensor {med['save/naive']:.2f} s "
         f"= {tp('save/naive')} | peers (notes): DCP 1.57×, safetensors 1.45×, torch.save 1.0×, orbax 0.58× naive | "
         f"ahead of every peer | {ok_runs(save_naive, 1.5701, 'save/naive', 'save/ckptstore')} |",
@@ -900,6 +910,15 @@ quoting absolute numbers.
 """
 
 
+def save_baseline(runs: Mapping[str, list[float]]) -> str:
+    """The best raw writer: of plain writes + fsync and the same with writeback started every 8 MiB
+    (``start_writeback``, what ckptstore's local backend does since it was measured to help), the one
+    with the lower median (runs from before the second writer have only the first)."""
+    if "save/raw-wb" in runs and statistics.median(runs["save/raw-wb"]) < statistics.median(runs["save/raw"]):
+        return "save/raw-wb"
+    return "save/raw"
+
+
 def cold_baseline(runs: Mapping[str, list[float]]) -> str:
     """The best raw cold reader: of the 2-thread and the 4-thread reader, the one with the lower median
     over all repetitions (runs from before the 4-thread reader have only the 2-thread one).
@@ -949,7 +968,7 @@ def _per_run(r: dict[str, Any]) -> list[str]:
     if not sizes or len(sizes) < 2:
         return []
     scale = r["small_nbytes"] / r["nbytes"]
-    rows = [("save", "save/raw", "save/ckptstore", 1.0), ("warm restore", "warm/raw", "warm/ckptstore", 1.0),
+    rows = [("save", save_baseline(r["series"]), "save/ckptstore", 1.0), ("warm restore", "warm/raw", "warm/ckptstore", 1.0),
             ("cold restore", cold_baseline(r["series"]), "cold/ckptstore", 1.0),
             ("small save", "save/ckptstore", "save/small", scale),
             ("small warm", "warm/ckptstore", "warm/small", scale),

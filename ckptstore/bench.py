@@ -48,7 +48,7 @@ import numpy as np
 from ckptstore.format import ALIGN, DEFAULT_MAX_SHARD_SIZE, LayoutPlan, plan_layout
 from ckptstore.manager import CheckpointStore, __version__
 from ckptstore.storage.interface import Storage
-from ckptstore.storage.local import LocalStorage
+from ckptstore.storage.local import LocalStorage, start_writeback
 from ckptstore.storage.registry import open_storage, split_scheme
 from ckptstore.transfer import byte_view, empty_aligned, readers
 
@@ -374,7 +374,8 @@ def _pread_all(path: str | os.PathLike[str], start: int, view: memoryview) -> No
 class RawBaseline:
     """Plain writes of a layout plan's bytes (no padding, no checksums, no manifest) and aligned reads.
 
-    On local disk: ``os.write`` + ``fsync`` per file and one directory fsync. On any other URL, with
+    On local disk: ``os.write`` + ``fsync`` per file and one directory fsync; with ``writeback=True``,
+    also ``start_writeback`` of every 8 MiB written (as ``LocalStorage`` does). On any other URL, with
     ``baseline="backend"``: the backend's own ``put``/``read_into``, the calls ckptstore makes, without
     anything around them (isolates ckptstore's overhead above its backend). With ``baseline="fsspec"``:
     the plain fsspec client of the URL (s3fs, gcsfs, ...) — ``fs.pipe`` of each file's bytes (prepared
@@ -382,10 +383,12 @@ class RawBaseline:
     would write without ckptstore.
     """
 
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None, baseline: str = "backend"):
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None, baseline: str = "backend",
+                 *, writeback: bool = False):
         if baseline not in BASELINES:
             raise ValueError(f"unknown baseline {baseline!r} (choose from {', '.join(BASELINES)})")
         self.url = url
+        self.writeback = writeback
         scheme, _ = split_scheme(url)
         self.local_root: Path | None = None
         self.storage: Storage | None = None
@@ -437,9 +440,14 @@ class RawBaseline:
             assert self.local_root is not None
             fd = os.open(self.local_root / f"file-{index:05d}.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
+                written = flushed = 0
                 for piece in pieces(index):
                     while len(piece):
-                        piece = piece[os.write(fd, piece):]
+                        n = os.write(fd, piece)
+                        piece, written = piece[n:], written + n
+                    if self.writeback and written - flushed >= LocalStorage.writeback_window:
+                        start_writeback(fd, flushed, written - flushed)
+                        flushed = written
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -741,18 +741,23 @@ def test_readers_are_capped_at_the_cpus_only_when_every_file_is_cached(monkeypat
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3, 4, 7])
-def test_raw_baseline_reads_each_file_in_ranges_when_workers_outnumber_files(tmp_path: Path, workers: int) -> None:
+def test_raw_baseline_reads_each_file_in_ranges_when_workers_outnumber_files(
+    tmp_path: Path, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from ckptstore.bench import RawBaseline
+
+    monkeypatch.setattr(LocalStorage, "writeback_window", 64 << 10)  # the writeback writer starts it often
 
     rng = np.random.default_rng(workers)
     model = {"a": rng.random(300_001, dtype=np.float32), "b": rng.random(123_457, dtype=np.float32)}
     plan = plan_layout([(n, a.nbytes) for n, a in model.items()], target_shard_size=1_000_000)
     assert len(plan.shards) == 2
-    raw = RawBaseline(str(tmp_path / "raw"))
-    raw.save(model, plan, 2)
-    got = raw.restore(workers)
     expected = [b"".join(model[pc.name].tobytes()[pc.start : pc.start + pc.nbytes] for pc in shard) for shard in plan.shards]
-    assert [bytes(g) for g in got] == expected
+    for writeback in (False, True):
+        raw = RawBaseline(str(tmp_path / f"raw-{writeback}"), writeback=writeback)
+        raw.save(model, plan, 2)
+        got = raw.restore(workers)
+        assert [bytes(g) for g in got] == expected
 
 
 class NoReadPieces:
