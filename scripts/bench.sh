@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark ckptstore on this machine: durable save, cold and warm restore of a synthetic model, each
-# next to a raw baseline (plain fsync'd writes / page-aligned reads of the same bytes) in the same run.
+# next to a raw baseline (plain fsync'd writes, writeback started every 8 MiB / page-aligned reads of the same bytes) in the same run.
 #
 # Usage: scripts/bench.sh [ckptstore bench arguments ...]
 #   scripts/bench.sh                                  1 GiB "mixed" model in a fresh temp dir, 3 repeats
