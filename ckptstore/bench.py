@@ -953,9 +953,8 @@ def plot(result: BenchResult, path: str | os.PathLike[str]) -> None:
                         fontsize=8, xytext=(0, 3), textcoords="offset points",
                         color="white" if impl == "ckptstore" else "black")
     ax.set_xticks(range(len(ops)))
-    ax.set_xticklabels([
-        f"{OPERATION_LABELS[op]}\n{result.ratio(op):.2f}× raw" for op in ops
-    ])
+    labels = [OPERATION_LABELS[op].replace(", ", ",\n") for op in ops]  # the long one on two lines
+    ax.set_xticklabels([f"{label}\n{result.ratio(op):.2f}× raw" for label, op in zip(labels, ops, strict=True)])
     ax.set_ylabel("MB/s (median; bars: min–max)")
     ax.set_title(f"ckptstore bench: {format_size(result.nbytes)} {result.config.preset}, "
                  f"{result.workers} workers, {result.config.repeat} repeats", fontsize=10)
