@@ -126,7 +126,7 @@ def make_peers(model: Mapping[str, np.ndarray], workers: int, options: Mapping[s
     raws: dict[str, bench.RawBaseline] = {}
 
     def raw_save(m: Mapping[str, np.ndarray], where: str) -> None:
-        raws[where] = bench.RawBaseline(where, options)
+        raws[where] = bench.RawBaseline(where, options, writeback=True)
         raws[where].save(m, plan, workers)
 
     def raw_restore(where: str) -> Any:
