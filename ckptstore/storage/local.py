@@ -1,12 +1,14 @@
 """Local-disk backend: durable, atomic writes on a POSIX filesystem.
 
 Why: a checkpoint is only as safe as its slowest-to-reach-disk byte. Every put writes a temporary file
-in the destination directory, fsyncs it, then publishes it in one step — ``os.replace`` for overwrite
-and compare-and-swap, ``os.link`` for create-only (``link`` fails if the name exists, so exactly one of
-several racing creators wins with a complete file) — and fsyncs the directory so the new name survives
-a power cut. Compare-and-swap serialises writers of one key through an ``flock`` on a sidecar lock file
-in a hidden ``.locks`` directory (there only while it is held or waited for); the version token is
-inode + mtime + size, which changes on every publish because every publish is a new inode.
+in the destination directory (starting the writeback of each 8 MiB as it goes, so the disk works while
+the writer still produces bytes), fsyncs it, then publishes it in one step — ``os.replace`` for
+overwrite and compare-and-swap, ``os.link`` for create-only (``link`` fails if the name exists, so
+exactly one of several racing creators wins with a complete file) — and fsyncs the directory so the new
+name survives a power cut. Compare-and-swap serialises writers of one key through an ``flock`` on a
+sidecar lock file in a hidden ``.locks`` directory (there only while it is held or waited for); the
+version token is inode + mtime + size, which changes on every publish because every publish is a new
+inode.
 """
 
 from __future__ import annotations
