@@ -143,7 +143,7 @@ def make_peers(model: Mapping[str, np.ndarray], workers: int, options: Mapping[s
         return lambda: None
 
     if want("raw"):
-        how = "fsync" if local else "the backend's put"
+        how = "fsync, writeback started every 8 MiB" if local else "the backend's put"
         peers.append(Peer("raw (best)", raw_save, raw_restore,
                           f"{len(plan.shards)} files × {workers} threads, {how}, page-aligned reads", remote=True,
                           save_async=raw_async,

@@ -903,14 +903,12 @@ Everything else (memory, manifest, latest, background save) is met in all of the
   to 1 MiB or only those under 32-128 KiB; hashing 128 KiB-1 MiB inputs in pieces so python-xxhash
   keeps the GIL; skipping the small tensors' own checksums (a format change: 6% on tmpfs, not made).
 - **Ahead of every peer**: in the peer benchmark's own run (`results/peers-local-1024MiB.md`, 2026-11-28
-  03:27 UTC, format 3.1, 3 repetitions) ckptstore saved at 1335 MB/s (1.58x naive) against torch DCP 986
-  (1.17x) and safetensors 876 (1.04x); in the run of 2026-11-27 17:44 (format 3.0), 1229 against 1128
-  and 943 (both runs before ckptstore started writeback, which made its saves 14-28% faster here; the
-  peers' own writes are unchanged). On this script's naive yardstick: 1.79x naive in this pool (runs
-  1.68x-2.16x; the 13:28 pool 1.67x, the busy one 1.85x) against the notes' DCP 1.57x, safetensors
-  1.45x. The yardstick is weak: in the 12:54 pool, before every writer saved a freshly touched model, it
-  read 1.47x — the naive writer's one file per tensor gains most from a quiet disk — while the peers
-  were not run then.
+  15:27 UTC, format 3.1, writeback on, 3 repetitions) ckptstore saved at 1764 MB/s (1.81x naive) against
+  torch DCP 1346 (1.38x) and safetensors 1293 (1.32x); before writeback (03:27 that day) 1335 against
+  986 and 876. On this script's naive yardstick: 1.79x naive in this pool (runs 1.68x-2.16x; the 13:28
+  pool 1.67x, the busy one 1.85x) against the notes' DCP 1.57x, safetensors 1.45x. The yardstick is
+  weak: in the 12:54 pool, before every writer saved a freshly touched model, it read 1.47x — the naive
+  writer's one file per tensor gains most from a quiet disk — while the peers were not run then.
 - **Many small tensors, cold restore** 0.88x of the large-tensor cold restore (runs 0.72x-1.00x; the
   13:28 pool 0.86x, the busy one 0.87x).
 - **Background save** blocks the caller 0.091 s/GB (target <= 0.15; the 13:28 pool 0.097, the busy
