@@ -167,14 +167,13 @@ def _dirty_pages(path, nbytes):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range and cachestat are Linux calls")
 @pytest.mark.parametrize("window", [4 << 20, 0])
-def test_local_put_starts_writeback_while_it_writes(tmp_path, monkeypatch, window):
+def test_local_put_starts_writeback_while_it_writes(tmp_path, window):
     """A durable put asks the kernel to write each window to disk once it is written, not all at the final
     fsync: the bytes a put has written so far are no longer dirty (being written, or written) while it
     still writes. With the window at 0 they stay dirty until the fsync, unless the kernel flushed them on
     its own (another job's writes passing the dirty threshold): then this machine cannot tell, and the
     case is skipped rather than passed."""
-    monkeypatch.setattr(LocalStorage, "writeback_window", window)
-    s = LocalStorage(tmp_path)
+    s = LocalStorage(tmp_path, writeback_window=window)
     piece = os.urandom(4 << 20)
     seen = []
 
@@ -194,6 +193,20 @@ def test_local_put_starts_writeback_while_it_writes(tmp_path, monkeypatch, windo
         assert seen[0] <= pages // 4, f"{seen[0]} of {pages} pages still dirty: writeback did not start"
     elif seen[0] < pages:
         pytest.skip(f"the kernel flushed {pages - seen[0]} pages on its own: the control tells nothing")
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "8MiB", True])
+def test_local_writeback_window_must_be_bytes(tmp_path, bad):
+    with pytest.raises(ValueError, match=r"writeback_window must be a number of bytes >= 0 \(0: off\), got"):
+        LocalStorage(tmp_path, writeback_window=bad)
+
+
+def test_local_writeback_window_through_storage_options(tmp_path):
+    store = CheckpointStore(tmp_path, storage_options={"writeback_window": 0})
+    assert store.storage.writeback_window == 0
+    assert LocalStorage(tmp_path).writeback_window == 8 << 20
+    store.save(1, {"w": np.arange(3 << 18, dtype=np.float32)})  # 3 MiB: saved whole, writeback off
+    assert store.restore(1)["w"][-1] == (3 << 18) - 1
 
 
 def test_missing_optional_dependency_names_the_extra(monkeypatch):
