@@ -36,6 +36,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -343,10 +344,15 @@ def run(base: Path, total: int, repeat: int, small_count: int) -> dict[str, Any]
         for i in reading:
             key, fn, path = restores[i]
             drop_cache([path], "fadvise")
+            before = resource.getrusage(resource.RUSAGE_SELF)
             sec, peak, out = timed(fn)
+            after = resource.getrusage(resource.RUSAGE_SELF)
             del out
             s.add(key, sec)
             rss.add(key, peak)
+            # Where a cold read's time goes: the process's user and system CPU (runs since 2026-11-28 16:00).
+            s.add("user/" + key, after.ru_utime - before.ru_utime)
+            s.add("sys/" + key, after.ru_stime - before.ru_stime)
 
         # The faster reader of this repetition: reported next to the baseline (see cold_baseline).
         s.add("cold/raw-best", min(s.runs["cold/raw"][-1], s.runs["cold/raw4"][-1]))
@@ -634,10 +640,11 @@ def report(r: dict[str, Any], command: str, env: dict[str, Any]) -> str:
         f"{med['warm/mmap-touch']:.2f} s | warm read restore {med['warm/ckptstore']:.2f} s | | (info; no checksum "
         "unless verify=True) | |",
         *_in_place_rows(r, tp, show, ratio),
+        *_cold_cpu_row(r),
         "",
         *_per_run(r),
         "Spread (min–max seconds over repetitions): " + "; ".join(
-            f"{k} {Series.spread(_wrap(runs), k)}" for k in sorted(runs) if not k.startswith("manifest/")
+            f"{k} {Series.spread(_wrap(runs), k)}" for k in sorted(runs) if not k.startswith(("manifest/", "user/", "sys/"))
         ),
         "",
     ]
@@ -833,16 +840,24 @@ Everything else (memory, manifest, latest, background save) is met in all of the
   repetitions, early afternoon), 0.60 against 0.83 s (14:50, 10), 0.66 against 1.03 s with the
   benchmark's saves and 3 GiB of other arrays around it (15:14, 10), and 0.65-0.88 against 0.59-0.64 s
   (15:20, 6). The raw reader's time follows its CPU time — 0.59-1.23 s of CPU to read 1 GiB in the slow
-  probes, against ckptstore's 0.37-0.47 s — which fits page faults on destination memory this VM's
-  host must supply again (see "This VM's memory"; the host's time counts as the faulting thread's
-  CPU), not the disk. Ruled out as the cause, each measured:
-  checking the bytes (0.526 s verified, 0.528 s not); 8 or 16 MiB read pieces instead of 2 (0.66-0.68
-  against 0.60 s); the reader order (ckptstore and the 2-thread reader swapping places in the rotation:
-  0.84x in one run); the end of the restore waiting for one thread (its 4 threads finished within 20-110
-  ms of each other, over 35 reads); ckptstore's read pattern itself (a raw reader reading 64 MiB ranges
-  in hashed 2 MiB pieces, as ckptstore does, took 0.66 s against 0.85 s for the one-call-per-range raw
-  reader in the same probe). What in the benchmark's process favours the raw reader by 13% is not
-  known.
+  probes, against ckptstore's 0.37-0.47 s — which fits page faults on destination memory this VM's host
+  must supply again (see "This VM's memory"; the host's time counts as the faulting thread's CPU), not
+  the disk. Ruled out as the cause, each measured: checking the bytes (0.526 s verified, 0.528 s not); 8
+  or 16 MiB read pieces instead of 2 (0.66-0.68 against 0.60 s); the reader order (ckptstore and the
+  2-thread reader swapping places in the rotation: 0.84x in one run); the end of the restore waiting for
+  one thread (its 4 threads finished within 20-110 ms of each other, over 35 reads); ckptstore's read
+  pattern itself (a raw reader reading 64 MiB ranges in hashed 2 MiB pieces, as ckptstore does, took
+  0.66 s against 0.85 s for the one-call-per-range raw reader in the same probe). A diagnostic run of
+  this benchmark (15:50, 7 repetitions, CPU time and `/proc/vmstat` recorded around each cold reader;
+  not pooled here) points the same way: there the cold restore measured 1.06x, and each reader's wall
+  time followed its system time — ckptstore 0.28-0.43 s of system time in its normal runs (1.95 s in its
+  slow first one), the 4-thread raw reader 0.25-0.31 s in its fast runs and 0.67-1.09 s in its slow ones
+  — while ckptstore's user time, hashing and Python included, was 0.09 s (the raw reader's 0.02 s).
+  Every reader took the same 511 huge-page faults, with no compaction stall, direct reclaim or fallback.
+  So the swings live in kernel time during the reads (faults on fresh memory, page-cache allocation,
+  copies), which moves more between runs than the gap itself. ckptstore's own extra CPU, 0.07 s per GiB,
+  would explain at most ~6% even if those reads were bound by the two CPUs; what tilts the pools towards
+  the raw reader is not known.
 - **Warm restore** met here (0.85x; runs 0.83x-0.92x), **0.78x in the busy pool** (runs 0.70x-0.83x):
   ckptstore 0.16 s per GiB against the raw reader's 0.12 s there, 0.13 against 0.12 s here. What is
   left is checking the bytes: unverified restores ran 0.80-0.94x of the raw reader in interleaved
@@ -942,6 +957,20 @@ def cold_baseline(runs: Mapping[str, list[float]]) -> str:
     if "cold/raw4" in runs and statistics.median(runs["cold/raw4"]) < statistics.median(runs["cold/raw"]):
         return "cold/raw4"
     return "cold/raw"
+
+
+def _cold_cpu_row(r: dict[str, Any]) -> list[str]:
+    """Info row: each cold reader's CPU time, user and system (runs since 2026-11-28 16:00)."""
+    runs = r["series"]
+    if "sys/cold/ckptstore" not in runs:
+        return []
+
+    def cpu(key: str) -> str:
+        user, system = statistics.median(runs["user/" + key]), statistics.median(runs["sys/" + key])
+        return f"{user:.2f} s user + {system:.2f} s system (system {min(runs['sys/' + key]):.2f}–{max(runs['sys/' + key]):.2f})"
+
+    return [f"| cold restore, CPU time of the process (medians) | {cpu('cold/ckptstore')} | raw reader, 4 threads: "
+            f"{cpu('cold/raw4')}; 2 threads: {cpu('cold/raw')} | | (info) | |"]
 
 
 def _in_place_rows(r: dict[str, Any], tp: Callable[[str], str], show: Callable[..., str], ratio: Callable[..., Any]) -> list[str]:
