@@ -757,7 +757,7 @@ def _repetition(
     store = CheckpointStore(_join(rep_url, "ckptstore"), storage_options=options,
                             max_shard_size=config.max_shard_size, workers=config.workers)
     # A ceiling with the same disk technique as LocalStorage (writeback started every 8 MiB; a plain
-    # write + fsync writer is ~15% slower here), so the ratio is what ckptstore costs above the bytes.
+    # write + fsync writer is 10-20% slower here), so the ratio is what ckptstore costs above the bytes.
     raw = RawBaseline(_join(rep_url, "raw"), options, config.baseline, writeback=True)
     try:
         workers = store.workers

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -153,6 +154,8 @@ class _CacheStat(ctypes.Structure):
 def _dirty_pages(path, nbytes):
     """Dirty page-cache pages of the first ``nbytes`` of ``path`` (Linux 6.5+ ``cachestat``), None where the
     kernel cannot say."""
+    if platform.machine() not in ("x86_64", "aarch64"):  # where 451 is cachestat (the generic table and x86-64)
+        return None
     libc = ctypes.CDLL(None, use_errno=True)
     span = (ctypes.c_uint64 * 2)(0, nbytes)
     stat = _CacheStat()
