@@ -8,8 +8,9 @@ Every throughput row pairs a ckptstore operation with a baseline doing the same 
 the same repetition; who goes first alternates between repetitions and the report gives medians, so a
 shared, drifting machine hurts both sides alike. Baselines:
 
-- best raw writer: the same tensor bytes in 2 files, written by 2 threads with 8 MiB writes and fsync
-  (no checksums, no padding, no manifest, no commit) — the fastest durable writer measured here;
+- best raw writers: the same tensor bytes in 2 files, written by 2 threads and fsync'd (no checksums,
+  no padding, no manifest, no commit), with plain writes and with writeback started every 8 MiB as
+  ckptstore's local backend does; the save baseline is whichever has the lower median (``save_baseline``);
 - raw readers: ckptstore's own shard files (the same disk blocks; on this virtual disk, files written
   at different times read back cold up to 1.4x apart) read into page-aligned buffers with one
   ``preadv`` per thread: by 2 threads (the warm baseline, as the issue states it) and by 4 (each file
