@@ -4,7 +4,7 @@ A 3.x manifest names the algorithm of its chunk checksums ("checksum"); 1.x and 
 
 - ``xxh3-64`` (the default since format 3.0): XXH3, 64 bits, from the ``xxhash`` package. About 2x
   crc32c's speed per core here (46 against 20 GB/s on cached 1 MiB pieces). python-xxhash releases the
-  GIL for large inputs only (measured: above 128-256 KiB), so restore threads hash their 2 MiB pieces
+  GIL for large inputs only (measured: above 128-256 KiB), so restore threads hash their 512 KiB pieces
   in parallel while small tensors are hashed holding it — hence format 3.1's block checksums, one
   hash over each run of small tensors. 64 bits: a random corruption goes unnoticed
   with probability 2^-64.

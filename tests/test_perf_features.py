@@ -779,14 +779,14 @@ class NoReadPieces:
 
 def test_restores_fall_back_to_read_into_pieces_without_read_pieces(tmp_path: Path) -> None:
     backend = NoReadPieces(LocalStorage(tmp_path / "p"))
-    assert not hasattr(backend, "read_pieces") and backend.read_piece_size == 2 << 20
+    assert not hasattr(backend, "read_pieces") and backend.read_piece_size == 512 << 10
     store = CheckpointStore(storage=backend, workers=2)
     state = {"big": np.arange(3 << 20, dtype=np.float32), "small": np.arange(50, dtype=np.int64)}
     store.save(1, state)
     restored = store.restore(1)
     for name, value in state.items():
         np.testing.assert_array_equal(restored[name], value)
-    assert backend.read_calls >= 6  # 12 MiB in 2 MiB pieces, plus the small run
+    assert backend.read_calls >= 24  # 12 MiB in 512 KiB pieces, plus the small run
     chunk = store.manifest(1).tensors["big"].chunks[0]
     path = tmp_path / "p" / step_dir(1) / chunk.shard
     data = bytearray(path.read_bytes())
