@@ -340,6 +340,9 @@ def run(base: Path, total: int, repeat: int, small_count: int) -> dict[str, Any]
             ("cold/raw4", lambda: read_local_files(shard_paths, READ_WORKERS), rep_dir / "ckpt"),
             ("cold/naive", lambda: naive_restore(naive_root, model), naive_root),
             ("cold/small", lambda: small_store.restore(1), rep_dir / "small"),
+            # The same restore without checking the bytes: how much of any gap is the checksums'
+            # (runs since 2026-12-07).
+            ("cold/unverified", lambda: store.restore(1, verify=False), rep_dir / "ckpt"),
         ]
         reading = restore_order(rep, len(restores))
         for i in reading:
@@ -642,6 +645,7 @@ def report(r: dict[str, Any], command: str, env: dict[str, Any]) -> str:
         "unless verify=True) | |",
         *_in_place_rows(r, tp, show, ratio),
         *_cold_cpu_row(r),
+        *_unverified_row(r, tp, show, ratio),
         "",
         *_per_run(r),
         "Spread (min–max seconds over repetitions): " + "; ".join(
@@ -969,8 +973,25 @@ def _cold_cpu_row(r: dict[str, Any]) -> list[str]:
         user, system = statistics.median(runs["user/" + key]), statistics.median(runs["sys/" + key])
         return f"{user:.2f} s user + {system:.2f} s system (system {min(runs['sys/' + key]):.2f}–{max(runs['sys/' + key]):.2f})"
 
-    return [f"| cold restore, CPU time of the process (medians) | {cpu('cold/ckptstore')} | raw reader, 4 threads: "
+    unverified = f"; unverified: {cpu('cold/unverified')}" if "sys/cold/unverified" in runs else ""
+    return [f"| cold restore, CPU time of the process (medians) | {cpu('cold/ckptstore')}{unverified} | raw reader, 4 threads: "
             f"{cpu('cold/raw4')}; 2 threads: {cpu('cold/raw')} | | (info) | |"]
+
+
+def _unverified_row(r: dict[str, Any], tp: Callable[[str], str], show: Callable[..., str], ratio: Callable[..., Any]) -> list[str]:
+    """Info row: the same restores without checking the bytes, against the same baselines (runs since
+    2026-12-07): what the checksums cost."""
+    runs = r["series"]
+    if "cold/unverified" not in runs:
+        return []
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    cold_base = cold_baseline(runs)
+    return [
+        f"| restore without checking the bytes (`verify=False`) | cold {med['cold/unverified']:.2f} s = "
+        f"{tp('cold/unverified')}; warm {med['warm/unverified']:.2f} s = {tp('warm/unverified')} | the same raw "
+        f"readers: cold {med[cold_base]:.2f} s, warm {med['warm/raw']:.2f} s | cold "
+        f"{show(ratio(cold_base, 'cold/unverified'))}; warm {show(ratio('warm/raw', 'warm/unverified'))} | (info) | |",
+    ]
 
 
 def _in_place_rows(r: dict[str, Any], tp: Callable[[str], str], show: Callable[..., str], ratio: Callable[..., Any]) -> list[str]:
