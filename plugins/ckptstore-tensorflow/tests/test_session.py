@@ -107,10 +107,17 @@ def test_restored_values_are_the_saved_ones(tmp_path: Any, iris: Any) -> None:
         model = build(iris, train=False)
         hook = StoreRestoreHook(store)  # an inference graph: no optimizer slots, ignored in the checkpoint
         with v1.train.MonitoredSession(hooks=[hook]) as sess:
-            logits, step = sess.run([model["logits"], model["global_step"]])
+            variables = {v.op.name: v for v in v1.global_variables()}
+            logits, step, values = sess.run([model["logits"], model["global_step"], variables])
     assert hook.restored_step == 3 and step == 3
+    dense = ["dnn/hiddenlayer_0/kernel", "dnn/hiddenlayer_0/bias", "dnn/logits/kernel", "dnn/logits/bias"]
+    assert set(dense) <= set(values) & set(saved)
+    for name in set(values) & set(saved):  # bit for bit: every variable the graph has and the checkpoint holds
+        np.testing.assert_array_equal(values[name], saved[name], err_msg=name)
+    # And the graph computes with them. TF's kernels and numpy sum in different orders (which differ
+    # between CPUs), so a logit near zero can differ by ~1e-7 absolute: hence atol.
     h = np.maximum(iris.x @ saved["dnn/hiddenlayer_0/kernel"] + saved["dnn/hiddenlayer_0/bias"], 0)
-    np.testing.assert_allclose(logits, h @ saved["dnn/logits/kernel"] + saved["dnn/logits/bias"], rtol=1e-5)
+    np.testing.assert_allclose(logits, h @ saved["dnn/logits/kernel"] + saved["dnn/logits/bias"], rtol=1e-5, atol=1e-6)
 
 
 def test_mismatched_model_is_refused_with_every_difference(tmp_path: Any, iris: Any) -> None:
