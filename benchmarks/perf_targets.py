@@ -205,8 +205,8 @@ def timed_cold(fn: Callable[[], Any], path: Path) -> tuple[float, int, float, fl
     For the reason ``timed_warm`` gives: each cold read fills 2 GiB of fresh memory (page cache and
     arrays), and wherever that lands on memory the balloon driver has handed back to the host, the
     kernel's time balloons. On 2026-12-07 (Intel Xeon VM) single cold reads of 1 GiB took 0.35-4.0 s
-    of system time for every reader alike, at random, and the 30-37 GB the VM reported free during a
-    run outweighed the readers' differences. The first run's time is kept (``once/``) and reported
+    of system time for every reader alike, at random (the VM reported 34-42 GB of memory free to the
+    host during each run), which outweighed the readers' differences. The first run's time is kept (``once/``) and reported
     too; before 2026-12-07 each cold restore was one run."""
     tries = []
     for _ in range(2):
