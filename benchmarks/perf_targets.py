@@ -988,10 +988,11 @@ Everything else (memory, manifest, latest, background save) is met in all of the
   gluing (0.343 against 0.362 s on tmpfs, the same CPU); reusing the glue buffers; gluing tensors up
   to 1 MiB or only those under 32-128 KiB; hashing 128 KiB-1 MiB inputs in pieces so python-xxhash
   keeps the GIL; skipping the small tensors' own checksums (a format change: 6% on tmpfs, not made).
-- **Ahead of every peer**: in the peer benchmark's own run (`results/peers-local-1024MiB.md`, 2026-11-28
-  15:27 UTC, format 3.1, writeback on, 3 repetitions) ckptstore saved at 1764 MB/s (1.81x naive) against
-  torch DCP 1346 (1.38x) and safetensors 1293 (1.32x); before writeback (03:27 that day) 1335 against
-  986 and 876 (both on the AMD machine; not re-run on the Intel one). On this script's naive
+- **Ahead of every peer**: in the peer benchmark's own run (`results/peers-local-1024MiB.md`, 2026-12-07
+  04:03 UTC, this machine and code, 5 repetitions) ckptstore saved at 1925 MB/s (2.52x naive) against
+  safetensors 1214 (1.59x) and torch DCP 1143 (1.50x), and in the 3-repetition run before it at 1727
+  against 1251 and 1101. On the AMD machine (2026-11-28 15:27, writeback on) 1764 MB/s against DCP
+  1346 and safetensors 1293; before writeback (03:27 that day) 1335 against 986 and 876. On this script's naive
   yardstick: 1.78x naive in this pool (runs 1.50x-2.22x; the 14:48 pool 1.89x, the 13:28 pool 1.67x,
   the busy one 1.85x) against the notes' DCP 1.57x, safetensors 1.45x. The yardstick is
   weak: in the 12:54 pool, before every writer saved a freshly touched model, it read 1.47x — the naive
