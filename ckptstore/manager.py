@@ -80,8 +80,8 @@ from ckptstore.transfer import (
     check_shards,
     map_tensors,
     prepare_array,
+    read_plan,
     read_tensors,
-    readers,
     run_parallel,
     stage,
     write_shards,
@@ -121,6 +121,8 @@ class TransferStats:
             or ``"mmap"`` for restores.
         readers: reads a restore ran at once: ``read_workers``, or the CPU count when its files were
             in the page cache (local disk); 0 for saves and ``mmap`` restores.
+        direct: whether a restore read its large tensors past the page cache (local disk, files not in
+            the page cache: see ``LocalStorage.read_pieces_direct``).
     """
 
     operation: str
@@ -132,6 +134,7 @@ class TransferStats:
     files: int = 0
     mode: str = "blocking"
     readers: int = 0
+    direct: bool = False
 
     @property
     def throughput(self) -> float:
@@ -144,6 +147,7 @@ class TransferStats:
             f"{self.operation} step {self.step} ({self.mode}): {self.nbytes / 1e9:.3g} GB in {self.seconds:.3f} s "
             f"({self.throughput / 1e6:.0f} MB/s), blocked {self.blocked_seconds:.3f} s, {self.files} file(s), "
             + (f"{self.readers} reader(s), " if self.readers else "")
+            + ("direct I/O, " if self.direct else "")
             + f"{self.retries} retr{'y' if self.retries == 1 else 'ies'}"
         )
 
@@ -1046,20 +1050,22 @@ class CheckpointStore:
             prefix = step_dir(manifest.step)
             needed = shards_of(entries)
             check_shards(self._storage, prefix, manifest, needed, self.workers)
-            reads = 0
+            reads, direct = 0, False
             if mmap:
                 arrays = map_tensors(self._storage, prefix, entries, checksum=manifest.checksum if verify else None)
             else:
                 check = self.verify if verify is None else verify
-                reads = readers(self._storage, [f"{prefix}/{shard}" for shard in sorted(needed)], self.read_workers)
+                plan = read_plan(self._storage, [f"{prefix}/{shard}" for shard in sorted(needed)], self.read_workers)
+                reads, direct = plan.readers, plan.direct
                 arrays = read_tensors(
-                    self._storage, prefix, entries,
-                    checksum=manifest.checksum if check else None, workers=reads, into=dests,
+                    self._storage, prefix, entries, checksum=manifest.checksum if check else None,
+                    workers=reads, into=dests, piece_size=plan.piece_size, direct=plan.direct,
                 )
         seconds = time.perf_counter() - started
         stats = TransferStats(
             "restore", manifest.step, nbytes_of(entries), seconds, seconds, retries=retried.count,
             files=len(needed), mode="mmap" if mmap else "into" if dests else "read", readers=reads,
+            direct=direct,
         )
         self._last_restore_stats = stats
         log.info("%s: %s", self._storage.url, stats.describe())

@@ -311,6 +311,11 @@ class FaultInjectingStorage:
         # Each piece is a read_into call of this wrapper, so faults apply to (and calls record) every piece.
         return read_in_pieces(self, key, offset, out, piece_size)
 
+    def read_pieces_direct(self, key: str, offset: int, out: memoryview, piece_size: int = 0) -> Iterator[memoryview]:
+        # A backend's reads past the page cache (LocalStorage's, for a cold restore): the same read_into
+        # calls, so faults apply to them too (forwarded, cold local restores bypassed faults).
+        return read_in_pieces(self, key, offset, out, piece_size)
+
     def read_through(self, key: str, offset: int, nbytes: int, buffer: memoryview) -> Iterator[memoryview]:
         # The same: every piece a read_into call of this wrapper (forwarded, in-place restores bypassed faults).
         return read_through_buffer(self, key, offset, nbytes, buffer)

@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -459,23 +459,47 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def readers(storage: Storage, keys: Iterable[str], workers: int) -> int:
-    """How many reads a restore of the objects ``keys`` runs at once: ``workers``, or no more than there
-    are CPUs when the storage says every one of them is in the page cache. Reading cached files is memory
-    copies, which more threads than CPUs only slow down: they take turns on the CPUs and evict each
-    other's pieces from cache before they are hashed (the warm 1 GiB restore here: 0.306 s of CPU with 2
-    readers, 0.317 s with 4, and 0.81x against 0.78x of the raw reader's time; 30 alternating
-    repetitions). Reads from a disk keep ``workers`` requests in flight, which is what makes cold reads
-    fast."""
-    cpus = usable_cpus()
+class ReadPlan(NamedTuple):
+    """How a restore reads its files: ``readers`` reads at once, in pieces of ``piece_size`` bytes (0: the
+    backend's ``read_piece_size``)."""
+
+    readers: int
+    piece_size: int
+    direct: bool = False  # large chunks through the backend's ``read_pieces_direct`` (past the page cache)
+
+
+def read_plan(storage: Storage, keys: Iterable[str], workers: int) -> ReadPlan:
+    """How a restore of the objects ``keys`` reads them, by whether the storage says all of them are in
+    the page cache (a backend without ``cached`` cannot tell: ``workers`` reads in its own pieces).
+
+    - Readers: ``workers``, or no more than there are CPUs when every file is cached. Reading cached files
+      is memory copies, which more threads than CPUs only slow down: they take turns on the CPUs and evict
+      each other's pieces from cache before they are hashed (the warm 1 GiB restore here: 0.306 s of CPU
+      with 2 readers, 0.317 s with 4, and 0.81x against 0.78x of the raw reader's time; 30 alternating
+      repetitions). Reads from a disk keep ``workers`` requests in flight, which is what makes cold reads
+      fast.
+    - Pieces: the backend's ``read_piece_size`` (small, hashed while in the CPU's cache) when every file
+      is cached, else its ``cold_read_piece_size`` where it has one: a disk's cold reads run faster in
+      fewer, longer calls (``LocalStorage.cold_read_piece_size``), and hashing a piece read back from
+      memory is cheap next to waiting for the disk.
+    """
     cached = getattr(storage, "cached", None)
-    if workers <= cpus or cached is None:
-        return workers
+    cold_piece = getattr(storage, "cold_read_piece_size", 0)
+    if cached is None or (workers <= usable_cpus() and not cold_piece):
+        return ReadPlan(workers, 0)
     try:
         in_cache = all(cached(key) for key in keys)
     except (CkptStoreError, OSError):  # advice only: the reads themselves report what is wrong
-        return workers
-    return cpus if in_cache else workers
+        return ReadPlan(workers, 0)
+    if in_cache:
+        return ReadPlan(min(workers, usable_cpus()), 0)
+    direct = getattr(storage, "direct_reads", False) is True and hasattr(storage, "read_pieces_direct")
+    return ReadPlan(workers, cold_piece, direct)
+
+
+def readers(storage: Storage, keys: Iterable[str], workers: int) -> int:
+    """How many reads a restore of the objects ``keys`` runs at once (``read_plan``)."""
+    return read_plan(storage, keys, workers).readers
 
 
 def read_tensors(
@@ -486,9 +510,14 @@ def read_tensors(
     checksum: str | None,
     workers: int,
     into: Mapping[str, np.ndarray] | None = None,
+    piece_size: int = 0,
+    direct: bool = False,
 ) -> dict[str, np.ndarray]:
     """Read ``entries`` into fresh (page-aligned when large) arrays, verifying every chunk's checksum
     with the ``checksum`` algorithm (the manifest's; None: not verified).
+
+    ``piece_size``: the size of the calls that read large chunks and runs of small tensors, each piece
+    checked as it lands (0: the backend's ``read_piece_size``; see ``read_plan``).
 
     ``into``: existing arrays (writable, C-contiguous, of the entry's shape and little-endian dtype —
     the caller checks) to read some of the tensors into instead; they are returned as they are. Large
@@ -542,7 +571,8 @@ def read_tensors(
         pos = 0
         for chunk in entry.chunks:
             if chunk.nbytes:
-                tasks.append(lambda n=name, c=chunk, d=dest[pos : pos + chunk.nbytes]: _read_large(storage, url, step_prefix, n, c, d, checksum))
+                tasks.append(lambda n=name, c=chunk, d=dest[pos : pos + chunk.nbytes]: _read_large(
+                    storage, url, step_prefix, n, c, d, checksum, piece_size, direct))
             pos += chunk.nbytes
 
     # Where the manifest has block checksums (3.1), the small tensors of a block are verified with one
@@ -738,16 +768,32 @@ def _pieces(storage: Storage, key: str, offset: int, out: memoryview, piece_size
 
 
 def _read_large(
-    storage: Storage, url: str, prefix: str, name: str, chunk: Chunk, dest: memoryview, checksum: str | None
+    storage: Storage,
+    url: str,
+    prefix: str,
+    name: str,
+    chunk: Chunk,
+    dest: memoryview,
+    checksum: str | None,
+    piece_size: int = 0,
+    direct: bool = False,
 ) -> None:
     key = f"{prefix}/{chunk.shard}"
-    if checksum is None:
+    if direct:
+        pieces = storage.read_pieces_direct(key, chunk.offset, dest, piece_size)  # type: ignore[attr-defined]
+    elif checksum is None:
         storage.read_into(key, chunk.offset, dest)
+        return
+    else:
+        pieces = _pieces(storage, key, chunk.offset, dest, piece_size)
+    if checksum is None:
+        for _ in pieces:
+            pass
         return
     # Local reads go piece by piece so each piece is checksummed while it is still in cache; a remote
     # backend gets the whole chunk in one call, which it splits into concurrent ranged GETs itself.
     h = hasher(checksum)
-    for piece in _pieces(storage, key, chunk.offset, dest):
+    for piece in pieces:
         h.update(piece)
     actual = h.intdigest()
     if actual != chunk.checksum:

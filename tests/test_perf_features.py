@@ -10,8 +10,11 @@ calls ``latest()`` makes.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import logging
 import mmap
+import os
 import signal
 import subprocess
 import sys
@@ -719,10 +722,14 @@ def test_restores_read_with_read_workers_and_writes_use_workers(tmp_path: Path) 
         np.testing.assert_array_equal(restored[name], value)
 
 
-def test_readers_are_capped_at_the_cpus_only_when_every_file_is_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_plan_caps_readers_and_keeps_short_pieces_only_when_every_file_is_cached(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     class Cache:
-        def __init__(self, cached: set[str], broken: bool = False):
+        def __init__(self, cached: set[str], broken: bool = False, cold_piece: int = 0):
             self.in_cache, self.broken, self.asked = cached, broken, []
+            if cold_piece:
+                self.cold_read_piece_size = cold_piece
 
         def cached(self, key: str) -> bool:
             self.asked.append(key)
@@ -730,14 +737,234 @@ def test_readers_are_capped_at_the_cpus_only_when_every_file_is_cached(monkeypat
                 raise StorageError(f"{key}: cannot tell")
             return key in self.in_cache
 
+    class Direct(Cache):
+        direct_reads = True
+
+        def read_pieces_direct(self, key: str, offset: int, out: memoryview, piece_size: int = 0) -> Any:
+            raise AssertionError("not called by the plan")
+
     monkeypatch.setattr(transfer, "usable_cpus", lambda: 2)
     both = {"s/a.bin", "s/b.bin"}
-    assert transfer.readers(Cache(both), ["s/a.bin", "s/b.bin"], 4) == 2
-    assert transfer.readers(Cache({"s/a.bin"}), ["s/a.bin", "s/b.bin"], 4) == 4  # one file still on disk
-    assert transfer.readers(Cache(both, broken=True), ["s/a.bin"], 4) == 4  # advice only: no error
-    assert transfer.readers(MemoryStorage("readers"), ["s/a.bin"], 4) == 4  # a backend that cannot tell
+    keys = ["s/a.bin", "s/b.bin"]
+    plan = transfer.read_plan
+    assert plan(Cache(both), keys, 4) == (2, 0, False)
+    assert plan(Cache({"s/a.bin"}), keys, 4) == (4, 0, False)  # one file still on disk
+    assert plan(Cache(both, broken=True), ["s/a.bin"], 4) == (4, 0, False)  # advice only: no error
+    assert plan(MemoryStorage("readers"), ["s/a.bin"], 4) == (4, 0, False)  # a backend that cannot tell
     not_asked = Cache(both)
-    assert transfer.readers(not_asked, ["s/a.bin"], 2) == 2 and not not_asked.asked  # no more than CPUs anyway
+    assert plan(not_asked, ["s/a.bin"], 2) == (2, 0, False) and not not_asked.asked  # no more than CPUs anyway
+    # A backend with longer pieces for cold reads, and reads past the page cache: used when some file is
+    # on disk, whatever the readers.
+    for workers in (1, 2, 4):
+        assert plan(Cache({"s/a.bin"}, cold_piece=64 << 20), keys, workers) == (workers, 64 << 20, False)
+        assert plan(Direct({"s/a.bin"}, cold_piece=64 << 20), keys, workers) == (workers, 64 << 20, True)
+        assert plan(Direct(both, cold_piece=64 << 20), keys, workers) == (min(workers, 2), 0, False)
+        assert plan(Direct(both, broken=True, cold_piece=64 << 20), keys, workers) == (workers, 0, False)
+    off = Direct(set(), cold_piece=64 << 20)
+    off.direct_reads = False
+    assert plan(off, keys, 4) == (4, 64 << 20, False)
+    assert transfer.readers(Direct({"s/a.bin"}, cold_piece=64 << 20), keys, 4) == 4
+    assert LocalStorage.cold_read_piece_size == 64 << 20 == format.DEFAULT_CHUNK_SIZE
+
+
+class PieceLog(LocalStorage):
+    """Local storage that records, per call of ``read_pieces`` and ``read_pieces_direct``, the key and the
+    sizes of the pieces it yields."""
+
+    def __init__(self, root: Path, **options: Any):
+        super().__init__(root, **options)
+        self.calls: list[tuple[str, str, list[int]]] = []
+        self._log = threading.Lock()
+
+    def _logged(self, how: str, key: str, pieces: Any) -> Any:
+        sizes: list[int] = []
+        with self._log:
+            self.calls.append((how, key, sizes))
+        for piece in pieces:
+            sizes.append(len(piece))
+            yield piece
+
+    def read_pieces(self, key: str, offset: int, out: memoryview, piece_size: int = 0) -> Any:
+        return self._logged("cached", key, super().read_pieces(key, offset, out, piece_size))
+
+    def read_pieces_direct(self, key: str, offset: int, out: memoryview, piece_size: int = 0) -> Any:
+        return self._logged("direct", key, super().read_pieces_direct(key, offset, out, piece_size))
+
+    def sizes(self, how: str) -> list[list[int]]:
+        return sorted(sizes for h, _, sizes in self.calls if h == how)
+
+
+def _evict(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def _read_through_page_cache(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            path.read_bytes()
+
+
+def _cold_store(tmp_path: Path, **options: Any) -> tuple[CheckpointStore, PieceLog, dict[str, np.ndarray], set[str]]:
+    """A saved checkpoint of two large tensors — "big", 20 MiB in chunks of 8, 8 and 4 MiB, and "odd",
+    whose one chunk ends 12 bytes past a multiple of 4096 — with its files evicted from the page cache."""
+    storage = PieceLog(tmp_path / "s", **options)
+    store = CheckpointStore(storage=storage, workers=2, read_workers=4, chunk_size=8 << 20)
+    rng = np.random.default_rng(3)
+    state = {"big": rng.random(5 << 20, dtype=np.float32), "odd": rng.random((4 << 20) // 4 + 1027, dtype=np.float32)}
+    store.save(1, state)
+    tensors = store.manifest(1).tensors
+    assert [c.nbytes for c in tensors["big"].chunks] == [8 << 20, 8 << 20, 4 << 20]
+    assert tensors["odd"].chunks[0].nbytes % 4096 == 12
+    shards = {f"{step_dir(1)}/{c.shard}" for t in tensors.values() for c in t.chunks}
+    if not hasattr(os, "posix_fadvise"):
+        pytest.skip("no posix_fadvise to evict files from the page cache")
+    _evict(tmp_path / "s")
+    if any(storage.cached(key) for key in shards):
+        pytest.skip("this filesystem keeps the files in the page cache (posix_fadvise cannot evict them)")
+    return store, storage, state, shards
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise")
+def test_bench_fill_cache_and_drop_cache_put_files_in_and_out_of_the_page_cache(tmp_path: Path) -> None:
+    """What the benchmarks' warm and cold cases rest on, now that a cold restore no longer fills the cache."""
+    from ckptstore.bench import drop_cache, fill_cache
+
+    storage = LocalStorage(tmp_path / "s")
+    for key in ("a.bin", "d/b.bin"):
+        storage.put(key, np.random.default_rng(1).integers(0, 256, 3 << 20, dtype=np.uint8))
+    drop_cache([tmp_path / "s"], "fadvise")
+    if storage.cached("a.bin") or storage.cached("d/b.bin"):
+        pytest.skip("this filesystem keeps the files in the page cache (posix_fadvise cannot evict them)")
+    fill_cache([tmp_path / "s" / "a.bin"])  # a file
+    assert storage.cached("a.bin") and not storage.cached("d/b.bin")
+    fill_cache([tmp_path / "s"])  # a directory, walked
+    assert storage.cached("d/b.bin")
+
+
+def _same(restored: dict[str, np.ndarray], state: dict[str, np.ndarray]) -> None:
+    assert restored.keys() == state.keys()
+    for name, value in state.items():
+        np.testing.assert_array_equal(restored[name], value)
+
+
+@pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT on this OS")
+def test_cold_restores_read_large_chunks_past_the_page_cache_and_still_check_every_byte(tmp_path: Path) -> None:
+    """From files on disk, each large chunk is one direct read (no page cache filled, nothing copied out
+    of it), hashed once it has landed; the 12 bytes past the odd chunk's last whole page come through the
+    page cache. From files in the page cache, 512 KiB pieces hashed as they land. A flipped bit on disk
+    fails the direct read's check."""
+    store, storage, state, shards = _cold_store(tmp_path)
+    odd = store.manifest(1).tensors["odd"].chunks[0].nbytes
+
+    _same(store.restore(1), state)
+    assert storage.sizes("direct") == sorted([[4 << 20], [8 << 20], [8 << 20], [odd - 12, 12]])
+    assert storage.sizes("cached") == [[12]]  # only the odd chunk's tail
+    assert not any(storage.cached(key) for key in shards)  # the restore left the page cache alone
+    stats = store.last_restore_stats
+    assert stats.readers == 4 and stats.direct and "4 reader(s), direct I/O" in stats.describe()
+
+    _read_through_page_cache(tmp_path / "s")
+    assert all(storage.cached(key) for key in shards)
+    storage.calls.clear()
+    _same(store.restore(1), state)
+    assert storage.sizes("direct") == []
+    reads = storage.sizes("cached")
+    assert len(reads) == 4 and all(max(sizes) <= 512 << 10 for sizes in reads)
+    assert sum(map(len, reads)) >= 48  # 24 MiB in pieces of at most 512 KiB
+    assert store.last_restore_stats.readers == min(4, transfer.usable_cpus())
+    assert not store.last_restore_stats.direct and "direct" not in store.last_restore_stats.describe()
+
+    chunk = store.manifest(1).tensors["big"].chunks[1]
+    path = tmp_path / "s" / step_dir(1) / chunk.shard
+    with open(path, "r+b") as f:
+        f.seek(chunk.offset + 12345)
+        byte = f.read(1)
+        f.seek(chunk.offset + 12345)
+        f.write(bytes([byte[0] ^ 0x10]))
+        f.flush()
+        os.fsync(f.fileno())
+    _evict(tmp_path / "s")
+    storage.calls.clear()
+    with pytest.raises(ChecksumError, match=r"tensor big: bytes \[8388608, 16777216\)"):
+        store.restore(1)
+    assert [8 << 20] in storage.sizes("direct")
+
+
+def test_cold_restores_without_direct_reads_use_the_page_cache_in_whole_chunks(tmp_path: Path) -> None:
+    """``direct_reads=False``: files on disk are read through the page cache, still a large chunk per
+    call (a disk's cold reads run faster in longer calls), and stay cached."""
+    with pytest.raises(ValueError, match="direct_reads must be True or False"):
+        LocalStorage(tmp_path / "bad", direct_reads="no")  # type: ignore[arg-type]
+    store, storage, state, shards = _cold_store(tmp_path, direct_reads=False)
+    odd = store.manifest(1).tensors["odd"].chunks[0].nbytes
+    _same(store.restore(1), state)
+    assert storage.sizes("direct") == [] and not store.last_restore_stats.direct
+    assert storage.sizes("cached") == sorted([[4 << 20], [8 << 20], [8 << 20], [odd]])
+    assert all(storage.cached(key) for key in shards)
+
+
+@pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT on this OS")
+@pytest.mark.parametrize("refused_at", ["open", "read"])
+def test_direct_reads_fall_back_to_the_page_cache_where_the_filesystem_refuses_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused_at: str
+) -> None:
+    """A filesystem may refuse O_DIRECT when the file is opened (EINVAL; older tmpfs) or on the first
+    read. No filesystem here does (this kernel's tmpfs accepts it), so the refusal is the OS's answer
+    injected at ``os.open`` / ``os.preadv``; the fallback reads are real."""
+    from ckptstore.storage import local
+
+    store, storage, state, shards = _cold_store(tmp_path)
+    real_open, real_preadv = os.open, os.preadv
+    refusals = []
+
+    def refusing_open(path: Any, flags: int, *args: Any) -> int:
+        if refused_at == "open" and flags & os.O_DIRECT:
+            refusals.append(path)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    def refusing_preadv(fd: int, buffers: Any, offset: int) -> int:
+        if refused_at == "read" and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refusals.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(local.os, "open", refusing_open)
+    monkeypatch.setattr(local.os, "preadv", refusing_preadv)
+    _same(store.restore(1), state)
+    assert refusals and storage.direct_reads is False  # off for this storage from now on
+    assert len(storage.sizes("direct")) == 4  # the plan asked for direct reads of the 4 chunks...
+    odd = store.manifest(1).tensors["odd"].chunks[0].nbytes
+    assert storage.sizes("cached") == sorted([[4 << 20], [8 << 20], [8 << 20], [odd]])  # ...the cache served them
+    assert all(storage.cached(key) for key in shards)
+
+
+@pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT on this OS")
+def test_read_pieces_direct_returns_the_bytes_of_any_range_into_any_buffer(tmp_path: Path) -> None:
+    """Aligned ranges into aligned memory go past the page cache (the tail through it); anything
+    misaligned is ``read_pieces``. Every case returns exactly the stored bytes."""
+    storage = LocalStorage(tmp_path / "s")
+    data = np.random.default_rng(5).integers(0, 256, (3 << 20) + 777, dtype=np.uint8).tobytes()
+    storage.put("obj", data)
+    _evict(tmp_path / "s")
+    arena = transfer.empty_aligned((len(data) + 8192,), np.dtype(np.uint8))
+    for offset, nbytes, at, piece in [
+        (0, len(data), 0, 0), (4096, 1 << 20, 0, 64 << 10), (4096, (1 << 20) + 5, 4096, 0),
+        (1, 1 << 20, 0, 0), (8192, 1 << 20, 16, 0), (0, 4095, 0, 0), (len(data) - 777, 777, 0, 0),
+    ]:
+        out = memoryview(arena)[at : at + nbytes]
+        pieces = [bytes(p) for p in storage.read_pieces_direct("obj", offset, out, piece)]
+        assert b"".join(pieces) == data[offset : offset + nbytes] == bytes(out), (offset, nbytes, at)
+        if piece:
+            assert max(map(len, pieces)) <= piece
+    with pytest.raises(StorageError, match="object ends at"):
+        list(storage.read_pieces_direct("obj", 0, memoryview(transfer.empty_aligned((len(data) + 4096,), np.dtype(np.uint8)))))
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3, 4, 7])
