@@ -690,33 +690,37 @@ def report(r: dict[str, Any], command: str, env: dict[str, Any]) -> str:
 ANALYSIS = """
 ## How ckptstore gets there
 
-(Written for the pool in `results/perf_targets.md`: six 1 GiB runs of 2026-12-07 03:03 – 03:33 UTC
-(6 x 7 repetitions) on a machine nobody else was using — load 1.3-1.6, the benchmark's own — on the
-final code. Which runs to pool was decided before the first was made: every run of this code, none
-left out. This is a different machine from the 2026-11-28 pools: an Intel Xeon VM with 2 MiB of L2
-cache per core and 260 MiB of L3 where those ran on an AMD EPYC VM with 1 MiB and 32 MiB; the same
-kernel build and disk size. Two things changed for this pool. Local reads go in 512 KiB pieces instead
-of 2 MiB (commit 6c651fd, measured below). And each cold restore, on every side, is now the faster of
-two back-to-back cold reads, as each warm restore already was: on this machine single cold reads of
-1 GiB spent 0.35-4.0 s of system time at random, on every side, and the VM reported 34-42 GB of
-memory free to the host during each run (see "This VM's memory"); the first read of each pair is kept
-(`once/` in the JSON) and the cold row gives that ratio too. The pool also measures the same restore
-unverified (`verify=False`), cold and warm, beside the rest, and each cold reader's CPU time. Single runs
-on this machine before the pool, all with single cold reads: with 2 MiB pieces (02:30 UTC) cold
-0.89x, warm 0.72x, and again with free-page reporting held back (`min_free_ms` 60000, below) 0.88x
-and 0.79x; with 512 KiB pieces (02:44) 0.89x and 0.87x, and (02:50, with the unverified reader)
-0.86x and 0.79x, unverified cold 0.84x. The code: local writes that start writeback every 8 MiB, measured against a
-raw writer that does the same; manifest format 3.1 with XXH3-64 chunk and block checksums, 4 reader
-threads for files on the disk and 2 (the CPUs) for files in the page cache, 512 KiB read pieces cut
-where the destination's huge pages start, destinations starting on huge-page boundaries, tensors
-under 4 MiB restored into one huge-page arena and their views made after the reads (by `map`),
-in-place restores (`into=`), memory peaks read from the kernel's high-water mark. Every save, durable
-or background, on every side, follows a simulated training step that has written the model it saves
+(Written for the pool in `results/perf_targets.md`: five 1 GiB runs of 2026-12-07 05:10 – 05:38 UTC
+(5 x 7 repetitions) on a machine nobody else was using — load 0.8-1.9, the benchmark's own — on the
+final code (commit 399850b). Which runs to pool was decided before the first was made: every run of
+this code, none left out. What changed since the pool before it (03:03 – 03:33 the same day, same
+machine, archived as `perf_targets-2026-12-07-0303.md`): a restore of files that are not in the page
+cache now reads each large chunk in one call past the cache (`O_DIRECT`), straight into the array,
+and hashes it once it has landed, with 6 reader threads instead of 4 (commit eadef4d; see "Restore"
+and "Cold restore" below); the benchmark gained a 6-thread raw cold reader beside the 2- and 4-thread
+ones, and fills the page cache (one untimed sequential read of every file) before the warm restores,
+since a cold restore past the cache no longer leaves the files there (commit 399850b). The machine:
+an Intel Xeon VM with 2 MiB of L2 cache per core and 260 MiB of L3, where the 2026-11-28 pools ran
+on an AMD EPYC VM with 1 MiB and 32 MiB; the same kernel build and disk size. Since the 03:03 pool,
+local reads from the page cache go in 512 KiB pieces instead of 2 MiB (commit 6c651fd, measured
+below), and each cold restore, on every side, is the faster of two back-to-back cold reads, as each
+warm restore already was: on this machine single cold reads of 1 GiB through the page cache spent
+0.35-4.0 s of system time at random, on every side (see "This VM's memory"); the first read of each
+pair is kept (`once/` in the JSON) and the cold row gives that ratio too. The pools also measure the
+same restore unverified (`verify=False`), cold and warm, and each cold reader's CPU time. The code:
+local writes that start writeback every 8 MiB, measured against a raw writer that does the same;
+manifest format 3.1 with XXH3-64 chunk and block checksums, 6 reader threads for files on the disk
+and 2 (the CPUs) for files in the page cache, 512 KiB read pieces from the page cache cut where the
+destination's huge pages start, destinations starting on huge-page boundaries, tensors under 4 MiB
+restored into one huge-page arena and their views made after the reads (by `map`), in-place
+restores (`into=`), memory peaks read from the kernel's high-water mark. Every save, durable or
+background, on every side, follows a simulated training step that has written the model it saves
 (below); every writer and reader, the many-small ones included, takes every position in the rotated
-order. Four earlier pools are archived beside it, each with the analysis written for it or naming
-it: `perf_targets-2026-11-28-1448.md` (14:48 – 16:13, quiet, AMD, 2 MiB read pieces, single cold
-reads: the pool this analysis was first written for, whose numbers it still quotes where it says
-so), `perf_targets-2026-11-28-1328.md` (13:28 – 13:55, quiet, the same code without writeback),
+order. Five earlier pools are archived beside it, each with the analysis written for it or naming
+it: `perf_targets-2026-12-07-0303.md` (the same machine, buffered cold reads in 512 KiB pieces with
+4 readers), `perf_targets-2026-11-28-1448.md` (14:48 – 16:13, quiet, AMD, 2 MiB read pieces, single
+cold reads: the pool this analysis was first written for, whose numbers it still quotes where it
+says so), `perf_targets-2026-11-28-1328.md` (13:28 – 13:55, quiet, the same code without writeback),
 `perf_targets-2026-11-28-1254.md` (12:54 – 13:20, quiet, before the durable saves were preceded by a
 training step) and `perf_targets-2026-11-28-0933.md` (09:33 – 10:23 at load 1.1-2.0 while other
 engineers' test suites ran, before the views were made by `map`). Numbers come from these runs and
@@ -761,13 +765,27 @@ machine.)
   core) hashing a piece right after its `preadv` ran at 27 GB/s with 512 KiB pieces, 19 with 1 MiB and
   13 with 2 MiB (39 with 256 KiB; the `preadv` itself 5.1-5.7 GB/s at every size), and the warm 1 GiB
   restore took 0.193 s against 0.214 s (user CPU 0.047 against 0.092 s; 8 interleaved rounds, each the
-  faster of two), the 10k-tensor one 0.218 against 0.229 s. 4 reader threads (`read_workers`: this virtual disk's
-  cold reads ran 1.4x faster with 4 requests in flight than with 2) when the files are on the disk, as
-  many as there are CPUs (2) when they are all in the page cache (`mincore` on 16 pages of each file,
-  ~0.1 ms): cached reads are memory copies, and 4 threads on 2 cores took turns and evicted each other's
-  pieces before they were hashed (the warm 1 GiB restore: 0.306 s of CPU with 2 readers against 0.317 s
-  with 4, 0.81x against 0.78x of the raw reader; 30 alternating repetitions in one process, where
-  earlier probes of 9 had found no difference within noise). Opening a file for a read checks the
+  faster of two), the 10k-tensor one 0.218 against 0.229 s. That is the warm path: as many reader
+  threads as there are CPUs (2) when every file is in the page cache (`mincore` on 16 pages of each
+  file, ~0.1 ms): cached reads are memory copies, and 4 threads on 2 cores took turns and evicted each
+  other's pieces before they were hashed (the warm 1 GiB restore: 0.306 s of CPU with 2 readers
+  against 0.317 s with 4, 0.81x against 0.78x of the raw reader; 30 alternating repetitions in one
+  process). When some file is on the disk (since commit eadef4d): 6 reader threads, and each large
+  chunk (64 MiB) is one `O_DIRECT` read straight from the disk into the array, hashed once it has
+  landed (from memory, ~10 GB/s, next to the disk's ~2 GB/s); small tensors and a chunk's last partial
+  page still come through the page cache. No page cache is allocated and filled, nothing is copied out
+  of it: in this pool the 1 GiB cold restore used 0.20 s of system time against 0.35-0.39 s for the
+  raw readers (0.39 s for ckptstore in the 03:03 pool). Why each part, measured: long calls read this
+  disk faster (a plain reader of 2 x 512 MiB, 4 threads, 16 interleaved rounds, each the faster of
+  two cold reads: 0.523 s in 64 MiB calls hashed after each, 0.521 s in one call per 256 MiB range,
+  0.558-0.581 s in 512 KiB-16 MiB calls hashed as they land); past the cache the time stopped
+  swinging (one run, 7 repetitions: 0.675 s, runs 0.59-0.75, 0.21 s of system time, against 0.700 s
+  / 0.43 s for 64 MiB calls through the cache and 0.886 s, runs 0.56-1.38, / 0.96 s for 512 KiB
+  pieces; in the run before, the last two had measured the same, 0.602 and 0.594 s); and a direct
+  reader has nothing in flight while it hashes, so more of them keep the disk busy (two probes of
+  10-12 rounds: 6 readers 0.614 and 0.661 s against 4 readers' 0.661 and 0.709 s; 8 readers
+  0.620 s). Runs of small tensors stay buffered in 512 KiB pieces: read in one call per 16 MiB run
+  they were slower (0.668 against 0.607 s, 10 rounds). Opening a file for a read checks the
   directories on the way for symlinks through the path the kernel reports for the fd (one `readlink`
   of `/proc/self/fd`, ~5 us) instead of `realpath` (~45 us of Python, GIL held, once per run of small
   tensors and per large chunk).
@@ -836,9 +854,11 @@ machine.)
   ahead of time, and the first save 3 s later blocked 0.099 s/GB.
 - **latest()**: one `get` of LATEST after a once-per-store roll-forward check (one listing).
 - **The cold baseline** reads ckptstore's own shard files (files written at different times read back
-  cold up to 1.4x apart on this virtual disk) with 2 and with 4 threads; the baseline is the one with
-  the lower median over the pooled runs (4 threads: 0.53 s against 0.56 s in this pool; 0.44 s
-  against 0.48 s in the 14:48 one; 0.88 s against 1.01 s in the busy one). Before 2026-11-27 it was
+  cold up to 1.4x apart on this virtual disk) with 2, 4 and (since 2026-12-07, when ckptstore's cold
+  restores went to 6 readers) 6 threads, each thread one `preadv` of its range; the baseline is the
+  one with the lowest median over the pooled runs (in this pool 4 threads, 0.573 s, against 0.577 s
+  for 2 and 0.578 s for 6; 4 threads in the 03:03 pool, 0.53 s against 0.56 s; 0.44 s against 0.48 s
+  in the 14:48 one; 0.88 s against 1.01 s in the busy one). Before 2026-11-27 it was
   the faster of the two *in each repetition*: on this disk cold reads of the same files move 0.5-3.5 s
   per GiB between repetitions, and the minimum of two such draws beats the typical run of either
   reader (the runs of 19:53-20:05: 0.73 s for the minimum against 0.81 s and 1.22 s medians), while
@@ -865,7 +885,10 @@ machine.)
   2-thread one's 0.46-2.85 s), 2-10x the gap being measured. So cold restores, too, are the faster of
   two back-to-back reads since then (the page cache emptied before each; the second reuses the memory
   the first freed), and the single reads' ratio is printed beside the verdict. Holding reporting back
-  (`min_free_ms` 60000, one run) changed neither the spikes nor the ratio (0.88x, single reads).
+  (`min_free_ms` 60000, one run) changed neither the spikes nor the ratio (0.88x, single reads). Half
+  of that fresh memory was the page cache a buffered cold read fills: ckptstore's cold restores no
+  longer do (above), and in this pool their system time ranged 0.17-0.67 s (median 0.20) against
+  0.31-2.31 s for the 2-thread raw reader and 0.31-1.66 s for the 6-thread one.
 - **Restoring into existing arrays** (`restore(into=state)`, what `restore_or_initialize` does with the
   state `initialize()` built): the names, shapes and dtypes are compared and every destination checked
   (writable, C-contiguous, the stored dtype) before anything is read, with the template's shapes and
@@ -883,72 +906,35 @@ machine.)
 
 ## Targets not met, by how much and why
 
-No pool has met every target at once. In this one only the cold restore misses, by a hair; which
-targets miss depends on the machine, on what else it is doing and, for the 10k-tensor save, on
-whether the disk works while the CPU does:
+No pool has met every target at once. In this one only the 10k-tensor warm restore misses, by 2%;
+in the one before it only the cold restore did, by 1%. Which targets miss depends on the machine, on
+what else it is doing and on the code:
 
-| target | this pool (Intel, quiet, 512 KiB pieces, cold best of two) | 14:48 pool (AMD, quiet, writeback) | 13:28 pool (AMD, quiet, no writeback) | busy, 09:33 pool (AMD) |
-|---|---|---|---|---|
-| durable save >= 0.9x best raw | 1.10x | 1.00x | 0.97x | 0.98x |
-| warm restore >= 0.8x raw | 0.85x | 0.84x | 0.86x | **0.78x** |
-| cold restore >= 0.9x raw | **0.89x** (single reads 0.88x) | **0.88x** | **0.88x** | 0.97x |
-| 10k tensors, save >= 0.8x large | 0.92x | 0.92x | **0.77x** | 0.81x |
-| 10k tensors, warm restore >= 0.8x large | 0.86x | 0.81x | 0.82x | **0.71x** |
-| 10k tensors, cold restore >= 0.8x large | 0.83x | 0.87x | 0.86x | 0.87x |
+| target | this pool (Intel, direct cold reads) | 03:03 pool (Intel, buffered 512 KiB) | 14:48 pool (AMD, quiet, writeback) | 13:28 pool (AMD, quiet, no writeback) | busy, 09:33 pool (AMD) |
+|---|---|---|---|---|---|
+| durable save >= 0.9x best raw | 0.97x | 1.10x | 1.00x | 0.97x | 0.98x |
+| warm restore >= 0.8x raw | 0.85x | 0.85x | 0.84x | 0.86x | **0.78x** |
+| cold restore >= 0.9x raw | 0.96x (single reads 0.95x) | **0.89x** (single reads 0.88x) | **0.88x** | **0.88x** | 0.97x |
+| 10k tensors, save >= 0.8x large | 0.90x | 0.92x | 0.92x | **0.77x** | 0.81x |
+| 10k tensors, warm restore >= 0.8x large | **0.78x** | 0.86x | 0.81x | 0.82x | **0.71x** |
+| 10k tensors, cold restore >= 0.8x large | 0.89x | 0.83x | 0.87x | 0.86x | 0.87x |
 
-(The save's baseline differs: the two latest pools' is the raw writer that starts writeback too —
-median 0.61 s here against the plain writer's 0.69 s, to which ckptstore measured 1.28x; the earlier
-pools had only the plain one.)
+(The save's baseline differs: the three latest pools' is the raw writer that starts writeback too —
+median 0.565 s here against the plain writer's 0.681 s, to which ckptstore measured 1.21x; the
+earlier pools had only the plain one.)
 Everything else (memory, manifest, latest, background save) is met in all of them with margin.
 
-- **Cold restore** 0.89x of the best raw cold reader (the 4-thread one; runs 0.85x-0.94x; ratio of the
-  medians 0.90x, of the best runs 0.92x; 0.59 s against 0.53 s per GiB; a bootstrap 95% interval for
-  the pooled median, resampling the 42 paired ratios: 0.85x-0.92x), so short of 0.9x by about 1%, and
-  inside the measurement's own spread. Single reads (the first of each pair) 0.88x, interval
-  0.79x-1.02x. Every quiet pool so far has measured it at 0.88-0.89x, on two machines, with single
-  reads and with the best of two. What this pool adds is where the gap is:
-  - **Checking the bytes: about a quarter of it.** The same restore unverified measured 0.92x in the
-    same runs (interval 0.89x-0.95x; 0.57 s). Verified, ckptstore used 0.08 s user + 0.39 s system
-    per GiB, unverified 0.02 + 0.39, the raw reader 0.02 + 0.35. The hash's CPU time turns into
-    wall time here because a cold read on this VM is not only waiting (0.47 s of CPU in 0.59 s, on 2
-    CPUs), and each piece is hashed by the thread that will issue the next read. 512 KiB pieces made
-    that hash cheaper: 0.071 s of user CPU per cold GiB against 0.102 s with 2 MiB pieces (8
-    interleaved rounds, 0.705 against 0.751 s, within noise).
-  - **The rest, ~8%, is the reads themselves, and separate probes do not reproduce it.** Interleaved
-    probes of one checkpoint on this machine (each reader the faster of two cold reads, 8-10 rounds)
-    put the unverified restore at 0.658 s against the raw reader's 0.616 s in one and at 0.604
-    against 0.678 s in the next. In the same probes ckptstore's read pattern copied into a plain
-    reader (one task per chunk, each opening its file, 512 KiB pieces) took 0.655 and 0.686 s; with
-    whole-chunk reads instead of pieces 0.672 s (first probe); with chunks handed out alternately from
-    the two shards 0.603 s (second); one stream per thread over a contiguous section of a shard, as
-    the raw reader reads, so the kernel's read-ahead never restarts, 0.710 s (first). Every such
-    difference was smaller than the disk's own swings: the same files read cold took anywhere from
-    ~0.52 to ~0.85 s per GiB, for every reader, from repetition to repetition.
-  - Ruled out on the AMD machine (2026-11-28), each measured: 8 or 16 MiB read pieces instead of 2
-    (0.66-0.68 against 0.60 s); the reader order (ckptstore and the 2-thread reader swapping places in
-    the rotation: 0.84x in one run); the end of the restore waiting for one thread (its 4 threads
-    finished within 20-110 ms of each other, over 35 reads); huge-page faults (every reader took the
-    same 511, with no compaction stall, direct reclaim or fallback, from `/proc/vmstat` around each
-    reader). There, unverified and verified cold restores had measured the same (0.528 against
-    0.526 s).
-  So: a quarter of the gap is verification, a cost the raw reader does not pay and the target asks
-  ckptstore to pay (checksums on); the rest sits within the disk's noise in every probe, yet has
-  leaned the same way in every pool. What makes it lean is not known.
-- **Warm restore** met (0.85x; runs 0.77x-0.93x; 0.20 s against 0.17 s per GiB); 0.84x in the 14:48
-  pool, 0.78x in the busy one. Unverified it measured 0.99x in the same runs: what is left is checking
-  the bytes. Hashing a piece right after `preadv` filled it runs at 27 GB/s with 512 KiB pieces here
-  (13 GB/s with 2 MiB, 39 with 256 KiB; python-xxhash hashes a piece already in L1/L2 at ~50 GB/s),
-  so with 4 pieces per huge page there is little left to take from the hash itself. When other
-  processes compete for the two CPUs the hash's CPU time turns into wall time. Measured and no better
-  within noise (AMD machine): 3 or 6 readers; the small-tensor checks through ctypes (with or without
-  the GIL); runs of small tensors first; reading into a memfd with `sendfile` (no zeroing of fresh
-  pages, but 2.5x slower).
-- **Many small tensors, warm restore** met pooled (0.86x; 0.23 s against 0.20 s per GiB), but not in
-  every run (runs 0.75x-0.91x, two of six under 0.8x); 0.81x in the 14:48 pool, **0.71x in the busy
-  pool** (runs 0.63x-0.82x; 0.22 s per GiB against 0.16 s). What the small restore pays beyond the
-  large one, measured on 2026-11-28:
-  - The page cache it reads from. This benchmark's warm restores follow its cold ones, and
-    ckptstore's cold restore opens a file for every 16 MiB run of small tensors: the kernel's
+- **Many small tensors, warm restore** 0.78x of the large-tensor warm restore (runs 0.82x, 0.81x,
+  0.79x, 0.69x, 0.68x; 0.25 s against 0.20 s per GiB; bootstrap 95% interval of the pooled median
+  0.69x-0.86x), so short of 0.8x by 2%; 0.86x in the 03:03 pool (two runs of six under 0.8x), 0.81x
+  in the 14:48 one, 0.71x in the busy one. Nothing in the 10k-tensor restore changed between the two
+  Intel pools (its runs of small tensors are read through the page cache as before, and warm
+  restores never read past it); what changed is how its files came to be cached — until the 03:03
+  pool by its own cold restore, now by the untimed sequential read before the warm section, the same
+  for every reader — and the large model's restore beside which it is measured (0.196 s here against
+  0.20 s). What the small restore pays beyond the large one, measured on 2026-11-28:
+  - The page cache it reads from. Until this pool this benchmark's warm restores followed its cold
+    ones, and ckptstore's cold restore opens a file for every 16 MiB run of small tensors: the kernel's
     read-ahead starts each open with 4 KiB page-cache pages and makes each window's pages 4x bigger,
     up to 2 MiB, so the small checkpoint's files end up 100% in pages under 2 MiB (41-42% 4 KiB)
     against 60-64% for the large one's 64 MiB chunks. One thread copying a file into warm memory took
@@ -971,46 +957,83 @@ Everything else (memory, manifest, latest, background save) is met in all of the
     views' columns 1.2-1.3 ms and the 10k `ndarray`s 3-4 ms.
   - 2% more bytes: the small tensors' alignment padding, read with them (the arena is 1043 MiB for
     1024 MiB of tensors).
+  Its runs in this pool fell from 0.82x to 0.68x from the first run to the last; the 10k warm
+  restore's own times were 0.225-0.297 s per run (medians), the large one's 0.176-0.204 s. The new
+  way of filling the cache is not what costs: in a separate probe right after the pool (fresh
+  process, 10 interleaved rounds, each the faster of two warm restores) the 10k-tensor restore took
+  0.216 s with its files filled by one sequential read, as here, and 0.252 s with them filled by its
+  own cold restore, as in the pools before, while the large one took 0.207 and 0.209 s (filled by one
+  sequential read, or by the raw reader's cold read): 0.96x the new way, 0.83x the old. What makes
+  the same restore slower inside this benchmark's process (0.25 s) is not known; the process holds
+  ~4 GiB of models, copies and buffers, and its restores run between others that free and fault in
+  gigabytes (see "This VM's memory").
+- **Cold restore, until this pool: 0.88-0.89x in every quiet pool**, on two machines, with single
+  reads and with the best of two (the 03:03 pool: 0.89x, runs 0.85x-0.94x, interval 0.85x-0.92x;
+  unverified 0.92x, so about a quarter of the gap was checking the bytes; the rest reproduced in no
+  separate probe, where readers traded places within the disk's swings of 0.52-0.85 s per GiB). Now
+  met, see below.
+- **Warm restore** met (0.85x; runs 0.75x-0.96x, one of five under 0.8x; 0.20 s against 0.17 s per
+  GiB); 0.85x in the 03:03 pool, 0.84x in the 14:48 one, 0.78x in the busy one. Unverified it
+  measured 0.99x in the same runs: what is left is checking the bytes. Hashing a piece right after
+  `preadv` filled it runs at 27 GB/s with 512 KiB pieces here (13 GB/s with 2 MiB, 39 with 256 KiB;
+  python-xxhash hashes a piece already in L1/L2 at ~50 GB/s), so with 4 pieces per huge page there is
+  little left to take from the hash itself. When other processes compete for the two CPUs the hash's
+  CPU time turns into wall time. Measured and no better within noise (AMD machine): 3 or 6 readers;
+  the small-tensor checks through ctypes (with or without the GIL); runs of small tensors first;
+  reading into a memfd with `sendfile` (no zeroing of fresh pages, but 2.5x slower).
 
 ## Met, with the margin
 
-- **Durable save** 1.10x of the best raw writer (runs 0.82x-1.24x: met pooled, one run of six under
-  0.9x; 0.54 s against 0.61 s per GiB), the one that starts writeback every 8 MiB as ckptstore does;
-  1.28x the plain writer (`save/raw`). The 14:48 pool 1.00x (1.20x the plain writer); the 13:28 pool,
-  before either started writeback, 0.97x; the busy one 0.98x.
-- **Many small tensors, save** 0.92x of the large-tensor save (runs 0.85x-1.05x; 0.59 s against
-  0.54 s per GiB); the same 0.92x in the 14:48 pool, 0.77x in the 13:28 pool and 0.73x in the 12:54 one, 0.81x in the busy one. What
-  changed is the disk working while Python does. The 10k-tensor save costs more CPU than the large
-  one: streaming the two shards to tmpfs (no disk) took the writer threads 0.39 s (0.64 s of CPU)
-  against 0.30 s (0.53 s) — every small tensor's bytes hashed twice (its own checksum, which a
-  partial restore and the name in a checksum error need, and its block's), a checksum call per
-  tensor, the ~45% of the bytes in tensors under 256 KiB glued into 8 MiB writes, ~4,200 writes
-  instead of ~360, ~15 ms to flatten and plan. Until 14:40 a save wrote a whole shard into the page
-  cache and only then fsynced it, so that CPU came on top of the disk's time; now the kernel starts
-  writing each 8 MiB as soon as it is written, and the fsync waits only for the tail. On this disk:
-  0.82 -> 0.59 s for the 10k tensors, 0.71 -> 0.61 s for the large ones (10 alternating 1 GiB
-  saves). Measured before that and no better: `writev` straight from the tensors' memory instead of
-  gluing (0.343 against 0.362 s on tmpfs, the same CPU); reusing the glue buffers; gluing tensors up
-  to 1 MiB or only those under 32-128 KiB; hashing 128 KiB-1 MiB inputs in pieces so python-xxhash
-  keeps the GIL; skipping the small tensors' own checksums (a format change: 6% on tmpfs, not made).
+- **Cold restore** 0.96x of the best raw cold reader (the 4-thread one; runs 0.98x, 0.88x, 0.90x,
+  0.97x, 1.00x: met pooled, one run of five under 0.9x; ratio of the medians 0.97x; 0.593 s against
+  0.573 s per GiB; bootstrap 95% interval of the pooled median, resampling the 35 paired ratios:
+  0.89x-1.03x). Single reads (the first of each pair) 0.95x. Unverified, the same restore measured
+  0.99x (interval 0.97x-1.05x): checking the bytes costs ~4% of a cold restore now, 0.13 s of user
+  CPU per GiB hashed from memory after each 64 MiB read. What changed is reading each large chunk in
+  one call past the page cache with 6 readers ("Restore" above): the system time fell from 0.39 to
+  0.20 s per GiB and stopped swinging (0.17-0.67 s against the raw readers' 0.31-2.31 s), and the
+  calls got long enough for this disk. `ckptstore bench`, whose cold restores are single reads,
+  measured 0.99x right after the pool.
+- **Durable save** 0.97x of the best raw writer (runs 0.92x-1.07x, all over 0.9x; 0.564 s against
+  0.565 s per GiB), the one that starts writeback every 8 MiB as ckptstore does; 1.21x the plain
+  writer (`save/raw`). The 03:03 pool 1.10x, the 14:48 one 1.00x (1.20x the plain writer); the 13:28
+  pool, before either started writeback, 0.97x; the busy one 0.98x.
+- **Many small tensors, save** 0.90x of the large-tensor save (runs 0.86x-0.97x; 0.63 s against
+  0.56 s per GiB); 0.92x in the 03:03 and 14:48 pools, 0.77x in the 13:28 pool and 0.73x in the 12:54
+  one, 0.81x in the busy one. What changed is the disk working while Python does. The 10k-tensor save
+  costs more CPU than the large one: streaming the two shards to tmpfs (no disk) took the writer
+  threads 0.39 s (0.64 s of CPU) against 0.30 s (0.53 s) — every small tensor's bytes hashed twice
+  (its own checksum, which a partial restore and the name in a checksum error need, and its block's),
+  a checksum call per tensor, the ~45% of the bytes in tensors under 256 KiB glued into 8 MiB writes,
+  ~4,200 writes instead of ~360, ~15 ms to flatten and plan. Until 2026-11-28 14:40 a save wrote a
+  whole shard into the page cache and only then fsynced it, so that CPU came on top of the disk's
+  time; now the kernel starts writing each 8 MiB as soon as it is written, and the fsync waits only
+  for the tail. On this disk: 0.82 -> 0.59 s for the 10k tensors, 0.71 -> 0.61 s for the large ones
+  (10 alternating 1 GiB saves). Measured before that and no better: `writev` straight from the
+  tensors' memory instead of gluing (0.343 against 0.362 s on tmpfs, the same CPU); reusing the glue
+  buffers; gluing tensors up to 1 MiB or only those under 32-128 KiB; hashing 128 KiB-1 MiB inputs in
+  pieces so python-xxhash keeps the GIL; skipping the small tensors' own checksums (a format change:
+  6% on tmpfs, not made).
 - **Ahead of every peer**: in the peer benchmark's own run (`results/peers-local-1024MiB.md`, 2026-12-07
-  04:03 UTC, this machine and code, 5 repetitions) ckptstore saved at 1925 MB/s (2.52x naive) against
-  safetensors 1214 (1.59x) and torch DCP 1143 (1.50x), and in the 3-repetition run before it at 1727
-  against 1251 and 1101. On the AMD machine (2026-11-28 15:27, writeback on) 1764 MB/s against DCP
-  1346 and safetensors 1293; before writeback (03:27 that day) 1335 against 986 and 876. On this script's naive
-  yardstick: 1.78x naive in this pool (runs 1.50x-2.22x; the 14:48 pool 1.89x, the 13:28 pool 1.67x,
-  the busy one 1.85x) against the notes' DCP 1.57x, safetensors 1.45x. The yardstick is
-  weak: in the 12:54 pool, before every writer saved a freshly touched model, it read 1.47x — the naive
-  writer's one file per tensor gains most from a quiet disk — while the peers were not run then.
-- **Many small tensors, cold restore** 0.83x of the large-tensor cold restore, met pooled but not in
-  every run (runs 0.76x-0.86x, two of six under 0.8x; 0.73 s against 0.59 s per GiB); the 14:48 pool
-  0.87x, the 13:28 one 0.86x, the busy one 0.87x. Its runs of small tensors each open the file anew,
-  so the kernel's read-ahead restarts with small page-cache pages every 16 MiB (see "Many small
+  05:42 UTC, this machine and code, 5 repetitions) ckptstore saved at 1872 MB/s (1.57x naive) against
+  safetensors 1297 (1.09x) and torch DCP 1197 (1.00x); at 04:03, before cold reads went past the
+  page cache, 1925 MB/s (2.52x naive) against safetensors 1214 (1.59x) and DCP 1143 (1.50x), and in
+  the 3-repetition run before it 1727 against 1251 and 1101. On the AMD machine (2026-11-28 15:27, writeback on) 1764
+  MB/s against DCP 1346 and safetensors 1293; before writeback (03:27 that day) 1335 against 986 and
+  876. On this script's naive yardstick: 1.81x naive in this pool (the 03:03 pool 1.78x, the 14:48
+  pool 1.89x, the 13:28 pool 1.67x, the busy one 1.85x) against the notes' DCP 1.57x, safetensors
+  1.45x. The yardstick is weak: in the 12:54 pool, before every writer saved a freshly touched model,
+  it read 1.47x — the naive writer's one file per tensor gains most from a quiet disk — while the
+  peers were not run then.
+- **Many small tensors, cold restore** 0.89x of the large-tensor cold restore (runs 0.87x-0.93x, all
+  over 0.8x; 0.67 s against 0.59 s per GiB); the 03:03 pool 0.83x (two runs of six under 0.8x), the
+  14:48 one 0.87x. Its runs of small tensors are read through the page cache, each opening the file
+  anew, so the kernel's read-ahead restarts with small page-cache pages every 16 MiB (see "Many small
   tensors, warm restore").
-- **Background save** blocks the caller 0.098 s/GB (target <= 0.15; the 14:48 pool 0.095, the 13:28
-  one 0.097, the busy one 0.126), 0.55x the time of a one-thread memcpy. The first save of a store:
-  1.09 s/GB with fresh staging memory, 0.087 s/GB after `reserve_staging`.
-- Memory (save 0.002x, restore 1.001x), manifest encode + decode (4.3 ms), latest() (one read with 1000
+- **Background save** blocks the caller 0.108 s/GB (target <= 0.15; the 03:03 pool 0.098, the 14:48
+  one 0.095, the busy one 0.126), 0.55x the time of a one-thread memcpy. The first save of a store:
+  1.33 s/GB with fresh staging memory, 0.091 s/GB after `reserve_staging`.
+- Memory (save 0.002x, restore 1.001x), manifest encode + decode (4.4 ms), latest() (one read with 1000
   checkpoints) and staging memory (1.0004x, reused) are met with margin.
 
 Per-repetition ratios spread 2-3x on this shared 2-core machine; re-run on a quiet machine before

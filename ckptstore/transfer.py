@@ -482,6 +482,9 @@ def read_plan(storage: Storage, keys: Iterable[str], workers: int) -> ReadPlan:
       is cached, else its ``cold_read_piece_size`` where it has one: a disk's cold reads run faster in
       fewer, longer calls (``LocalStorage.cold_read_piece_size``), and hashing a piece read back from
       memory is cheap next to waiting for the disk.
+    - Direct: when some file is on disk, large chunks are read past the page cache where the backend
+      can (``read_pieces_direct`` and ``direct_reads``; local disk: ``O_DIRECT``): no page cache to fill
+      and copy out of.
     """
     cached = getattr(storage, "cached", None)
     cold_piece = getattr(storage, "cold_read_piece_size", 0)

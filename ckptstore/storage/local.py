@@ -9,6 +9,10 @@ name survives a power cut. Compare-and-swap serialises writers of one key throug
 sidecar lock file in a hidden ``.locks`` directory (there only while it is held or waited for); the
 version token is inode + mtime + size, which changes on every publish because every publish is a new
 inode.
+
+Reads: from the page cache in 512 KiB pieces, each hashed while still in the CPU's cache; from files
+that are not in the page cache, a large chunk per call, past the cache (``O_DIRECT``) where the
+filesystem allows it (``read_pieces_direct``; a restore's ``transfer.read_plan`` decides).
 """
 
 from __future__ import annotations
