@@ -964,9 +964,16 @@ Everything else (memory, manifest, latest, background save) is met in all of the
   0.216 s with its files filled by one sequential read, as here, and 0.252 s with them filled by its
   own cold restore, as in the pools before, while the large one took 0.207 and 0.209 s (filled by one
   sequential read, or by the raw reader's cold read): 0.96x the new way, 0.83x the old. What makes
-  the same restore slower inside this benchmark's process (0.25 s) is not known; the process holds
-  ~4 GiB of models, copies and buffers, and its restores run between others that free and fault in
-  gigabytes (see "This VM's memory").
+  the same restore slower inside this benchmark's process (0.25 s) is not known for sure. Not the
+  ~4 GiB of models and buffers the process holds: with the same restores timed as `timed_warm` times
+  them (the first result freed before the second restore), a process with that ballast measured
+  0.81x and one without 0.82x (10 interleaved rounds each). But how the two back-to-back restores
+  meet memory mattered: with the first result freed before the second (the method here, on every
+  side) the 10k restore took 0.250 s and the large one 0.205 s, 0.82x; with the first still held, so
+  that the second faulted in other free memory, 0.234 and 0.212 s, 0.91x (8 rounds each, one
+  process). The one 1 GiB arena the small tensors share is unmapped and mapped again between the two;
+  whatever the VM does with memory freed that way costs the small restore more than the large one's
+  64 MiB arrays (see "This VM's memory").
 - **Cold restore, until this pool: 0.88-0.89x in every quiet pool**, on two machines, with single
   reads and with the best of two (the 03:03 pool: 0.89x, runs 0.85x-0.94x, interval 0.85x-0.92x;
   unverified 0.92x, so about a quarter of the gap was checking the bytes; the rest reproduced in no
