@@ -971,9 +971,10 @@ Everything else (memory, manifest, latest, background save) is met in all of the
   meet memory mattered: with the first result freed before the second (the method here, on every
   side) the 10k restore took 0.250 s and the large one 0.205 s, 0.82x; with the first still held, so
   that the second faulted in other free memory, 0.234 and 0.212 s, 0.91x (8 rounds each, one
-  process). The one 1 GiB arena the small tensors share is unmapped and mapped again between the two;
-  whatever the VM does with memory freed that way costs the small restore more than the large one's
-  64 MiB arrays (see "This VM's memory").
+  process). Not the arena being one mapping: touching a fresh 1 GiB mapping and 16 fresh 64 MiB ones
+  took the same, right after the same had been freed (0.153 and 0.161 s) and with it still held
+  (0.168 and 0.172 s; 10 rounds). Why the 10k restore, and not the large one, pays for reusing freed
+  memory is not known.
 - **Cold restore, until this pool: 0.88-0.89x in every quiet pool**, on two machines, with single
   reads and with the best of two (the 03:03 pool: 0.89x, runs 0.85x-0.94x, interval 0.85x-0.92x;
   unverified 0.92x, so about a quarter of the gap was checking the bytes; the rest reproduced in no
