@@ -973,8 +973,11 @@ Everything else (memory, manifest, latest, background save) is met in all of the
   that the second faulted in other free memory, 0.234 and 0.212 s, 0.91x (8 rounds each, one
   process). Not the arena being one mapping: touching a fresh 1 GiB mapping and 16 fresh 64 MiB ones
   took the same, right after the same had been freed (0.153 and 0.161 s) and with it still held
-  (0.168 and 0.172 s; 10 rounds). Why the 10k restore, and not the large one, pays for reusing freed
-  memory is not known.
+  (0.168 and 0.172 s; 10 rounds). And a third probe, timing each restore directly (no `timed`
+  wrapper, 8 rounds, each the faster of two), measured the 10k restore at 0.221 s with the first
+  result freed and 0.218 s with it held, the large one at 0.207 and 0.203 s: 0.94x either way. So the
+  probes disagree with each other by more than the effect they were after, and why the pool measured
+  0.78x is not known.
 - **Cold restore, until this pool: 0.88-0.89x in every quiet pool**, on two machines, with single
   reads and with the best of two (the 03:03 pool: 0.89x, runs 0.85x-0.94x, interval 0.85x-0.92x;
   unverified 0.92x, so about a quarter of the gap was checking the bytes; the rest reproduced in no
