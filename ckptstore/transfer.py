@@ -460,8 +460,8 @@ def usable_cpus() -> int:
 
 
 class ReadPlan(NamedTuple):
-    """How a restore reads its files: ``readers`` reads at once, in pieces of ``piece_size`` bytes (0: the
-    backend's ``read_piece_size``)."""
+    """How a restore reads its files: ``readers`` reads at once, large chunks in pieces of ``piece_size``
+    bytes (0: the backend's ``read_piece_size``), past the page cache if ``direct``."""
 
     readers: int
     piece_size: int
@@ -519,8 +519,10 @@ def read_tensors(
     """Read ``entries`` into fresh (page-aligned when large) arrays, verifying every chunk's checksum
     with the ``checksum`` algorithm (the manifest's; None: not verified).
 
-    ``piece_size``: the size of the calls that read large chunks and runs of small tensors, each piece
-    checked as it lands (0: the backend's ``read_piece_size``; see ``read_plan``).
+    ``piece_size``: the size of the calls that read large chunks, each piece checked as it lands (0: the
+    backend's ``read_piece_size``); ``direct``: read large chunks through the backend's
+    ``read_pieces_direct`` (past the page cache). Both as ``read_plan`` decides; runs of small tensors
+    are always read in the backend's own pieces.
 
     ``into``: existing arrays (writable, C-contiguous, of the entry's shape and little-endian dtype —
     the caller checks) to read some of the tensors into instead; they are returned as they are. Large
@@ -793,8 +795,9 @@ def _read_large(
         for _ in pieces:
             pass
         return
-    # Local reads go piece by piece so each piece is checksummed while it is still in cache; a remote
-    # backend gets the whole chunk in one call, which it splits into concurrent ranged GETs itself.
+    # Local reads from the page cache go piece by piece so each piece is checksummed while it is still
+    # in the CPU's cache; from the disk, a chunk per call, checked once it has landed (read_plan). A
+    # remote backend gets the whole chunk in one call, which it splits into concurrent ranged GETs itself.
     h = hasher(checksum)
     for piece in pieces:
         h.update(piece)
