@@ -322,7 +322,7 @@ class LocalStorage(StorageBase):
         pages; the bytes past the last whole 4096 of the range come through the page cache.
 
         Where direct I/O cannot be used — an ``offset`` or ``out`` not 4096-aligned, a filesystem that
-        refuses ``O_DIRECT`` (tmpfs before Linux 6.6), no ``O_DIRECT`` on this OS — this is ``read_pieces``."""
+        refuses ``O_DIRECT`` (tmpfs on older kernels), no ``O_DIRECT`` on this OS — this is ``read_pieces``."""
         view = as_bytes_view(out)
         size = len(view)
         body = size // _DIRECT_ALIGN * _DIRECT_ALIGN
