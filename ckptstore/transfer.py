@@ -677,7 +677,7 @@ def _plan_runs(small: SmallChunks, span: int = BATCH_SPAN, blocks: np.ndarray | 
     u_shard, u_start, u_end = small.shard, small.offset, small.offset + small.nbytes
     u_sum, u_row = small.checksum, np.arange(len(small))
     members = np.empty(0, np.int64)  # rows inside the blocks used, ordered by block
-    member_block = np.empty(0, np.int64)
+    member_bounds: list[int] = []  # block b's members: members[member_bounds[b] : member_bounds[b + 1]]
     if blocks is not None and len(blocks):
         b_shard = blocks["shard"].astype(np.int64)
         b_start = blocks["offset"].astype(np.int64)
@@ -694,7 +694,7 @@ def _plan_runs(small: SmallChunks, span: int = BATCH_SPAN, blocks: np.ndarray | 
         blocked = inside & usable[k]
         members = np.flatnonzero(blocked)
         members = members[np.lexsort((key[members], k[members]))]
-        member_block = k[members]
+        member_bounds = np.searchsorted(k[members], np.arange(len(b_key) + 1)).tolist()
         used = np.flatnonzero(usable)
         original = b_order[used]
         keep = ~blocked
@@ -723,8 +723,7 @@ def _plan_runs(small: SmallChunks, span: int = BATCH_SPAN, blocks: np.ndarray | 
             if len(members) and (unit_rows < 0).any():
                 parts = [run_rows]
                 for b in (-1 - unit_rows[unit_rows < 0]).tolist():
-                    a, z = np.searchsorted(member_block, [b, b + 1]).tolist()
-                    parts.append(members[a:z])
+                    parts.append(members[member_bounds[b] : member_bounds[b + 1]])
                 run_rows = np.concatenate(parts)
                 run_rows = run_rows[np.argsort(small.offset[run_rows], kind="stable")]
             runs.append(_Run(
