@@ -78,7 +78,8 @@ def restore_order(rep: int, k: int) -> list[int]:
     """Repetition ``rep``'s order of ``k`` readers: rotated by ``rep // 2``, and reversed every other
     time. Over ``2 * k`` repetitions every reader takes every position and follows every other in
     turn; over fewer (7 repetitions of 7 readers), only the first rotations come round, and some
-    readers never go first (the analysis says what that did to the pooled verdicts: nothing)."""
+    readers never go first (the analysis checks the two warm verdicts without the repetitions a
+    measured reader went first in: they hold)."""
     order = [(i + rep // 2) % k for i in range(k)]
     return order[::-1] if rep % 2 else order
 RESULTS = Path(__file__).resolve().parent / "results"
